@@ -1,0 +1,3 @@
+from mlimg.cli import main
+
+main()

@@ -1,0 +1,186 @@
+"""The command line: parse options, call resolve -> plan -> render -> build -> smoke test in
+order, and turn domain errors into one message and an exit code."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+import mlimg
+from mlimg import engine
+from mlimg.errors import MlimgError
+from mlimg.model import LocalModel, load_local_model
+from mlimg.plan import DEFAULT_ENV_MANAGER, ENV_MANAGERS, BuildOptions, BuildPlan, plan_build
+from mlimg.render import render_context
+from mlimg.smoke import smoke_test
+from mlimg.uris import resolve_model_uri
+
+
+def _say(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Expected failures end as `mlimg: error: ...` and their exit code, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except MlimgError as exc:
+            _say(f"mlimg: error: {exc}")
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            _say("mlimg: interrupted")
+            sys.exit(130)
+
+    return wrapper
+
+
+def _build_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option(
+            "-m",
+            "--model-uri",
+            "model_uri",
+            required=True,
+            metavar="MODEL",
+            help="The model: a local directory holding MLmodel, or a file:// URI.",
+        ),
+        click.option(
+            "--env-manager",
+            type=click.Choice(ENV_MANAGERS),
+            default=DEFAULT_ENV_MANAGER,
+            show_default=True,
+            help="How the image installs the model's environment.",
+        ),
+        click.option(
+            "--base-image",
+            metavar="IMAGE",
+            help="Base of the final image. Default: python:X.Y-slim, X.Y the model's Python.",
+        ),
+        click.option(
+            "--ca-cert",
+            type=click.Path(dir_okay=False, path_type=Path),
+            envvar=["MLIMG_CA_CERT", "PIP_CERT"],
+            show_envvar=True,
+            help="A PEM CA bundle to trust while the build downloads packages (a corporate "
+            "proxy's CA). Defaults to $MLIMG_CA_CERT, then to $PIP_CERT, the bundle the host's "
+            "pip trusts. Never copied into the final image.",
+        ),
+        click.option(
+            "--no-ca-cert", is_flag=True, help="Trust no extra CA, even if $PIP_CERT is set."
+        ),
+        click.option(
+            "--pip-index-url",
+            metavar="URL",
+            envvar="MLIMG_PIP_INDEX_URL",
+            help="The package index to install from (may carry credentials; never kept in "
+            "the image).",
+        ),
+        click.option(
+            "--pip-extra-index-url",
+            metavar="URL",
+            envvar="MLIMG_PIP_EXTRA_INDEX_URL",
+            help="An extra package index, searched beside the main one.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _plan(model_uri: str, **options: Any) -> BuildPlan:
+    ca_cert = None if options.pop("no_ca_cert") else options.pop("ca_cert")
+    options.pop("ca_cert", None)
+    model: LocalModel = load_local_model(resolve_model_uri(model_uri))
+    plan = plan_build(model, BuildOptions(ca_cert=ca_cert, **options))
+    if plan.ca_cert is not None:
+        _say(f"trusting the CA bundle {plan.ca_cert} during the build")
+    return plan
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(mlimg.__version__, prog_name="mlimg")
+def cli() -> None:
+    """Ship an MLflow model as a container image that serves the MLflow scoring protocol."""
+
+
+@cli.command("generate-dockerfile")
+@_build_options
+@click.option(
+    "-d",
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("mlimg-dockerfile"),
+    show_default=True,
+    help="Where to write the Dockerfile and its build context.",
+)
+@_reports_errors
+def generate_dockerfile(model_uri: str, output_dir: Path, **options: Any) -> None:
+    """Write a Dockerfile and a self-contained build context for MODEL (no engine needed)."""
+    plan = _plan(model_uri, **options)
+    context = render_context(plan, output_dir)
+    for notice in context.notices:
+        _say(f"note: {notice}")
+    _say(f"wrote {context.path}/Dockerfile and its build context")
+    _say(f"build it with: docker build -t IMAGE {context.path}")
+
+
+@cli.command("build")
+@_build_options
+@click.option("-t", "--tag", required=True, help="The image's name and tag, e.g. mymodel:1.")
+@click.option("--no-smoke-test", is_flag=True, help="Skip running the image after the build.")
+@click.option(
+    "--smoke-timeout",
+    type=click.FloatRange(min=1),
+    default=180.0,
+    show_default=True,
+    help="Seconds the container has to answer /ping.",
+)
+@click.option("--no-cache", is_flag=True, help="Build every layer anew, ignoring the cache.")
+@click.option("-v", "--verbose", is_flag=True, help="Show every line of the build's output.")
+@_reports_errors
+def build(
+    model_uri: str,
+    tag: str,
+    no_smoke_test: bool,
+    smoke_timeout: float,
+    no_cache: bool,
+    verbose: bool,
+    **options: Any,
+) -> None:
+    """Build an image for MODEL through the Docker engine, then smoke-test it."""
+    plan = _plan(model_uri, **options)
+    client = engine.connect()
+    with tempfile.TemporaryDirectory(prefix="mlimg-context-") as tmp:
+        context = render_context(plan, Path(tmp) / "context", link_model_files=True)
+        _say(f"building {tag} from {plan.model.uri} ({plan.env_manager}, {plan.base_image})")
+        built = engine.build_image(
+            client, context.path, plan.build_args, _say, verbose=verbose, no_cache=no_cache
+        )
+    _say(
+        f"built {built.id[7:19]} in {built.seconds:.1f}s "
+        f"({built.cached_steps} of {built.steps} steps from cache)"
+    )
+    if not no_smoke_test:
+        _say("smoke test: starting a container")
+        try:
+            smoke_test(client, built.id, plan.model.serving_example, _say, smoke_timeout)
+        except MlimgError:
+            engine.remove_image(client, built.id)
+            _say(f"the new image failed its smoke test and was removed; {tag} was not changed")
+            raise
+    engine.tag_image(client, built.id, tag)
+    size_mb = engine.image_size(client, tag) / 1e6
+    click.echo(f"{tag}: {size_mb:.0f} MB; run it with: docker run -p 5000:8080 {tag}")
+
+
+def main() -> None:
+    cli(prog_name="mlimg")

@@ -1,0 +1,163 @@
+"""From a model and the user's options to a `BuildPlan`: every decision about the image, once."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from packaging.requirements import Requirement
+
+import mlimg
+from mlimg.errors import InvalidOption
+from mlimg.model import LocalModel
+from mlimg.requirements import check_runtime_compatible
+
+ENV_MANAGERS = ("virtualenv", "uv", "local", "conda")
+DEFAULT_ENV_MANAGER = "virtualenv"
+# conda builds its environment in micromamba's image and runs it on a plain Debian base.
+CONDA_BUILD_IMAGE = "mambaorg/micromamba:2.0.5"
+CONDA_DEFAULT_BASE = "debian:bookworm-slim"
+UV_VERSION = "0.13.9"
+_MLFLOW_DISTRIBUTIONS = {"mlflow", "mlflow-skinny"}
+_PEM_CERTIFICATE = "-----BEGIN CERTIFICATE-----"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """What the user chose on the command line."""
+
+    env_manager: str = DEFAULT_ENV_MANAGER
+    base_image: str | None = None
+    ca_cert: Path | None = None
+    pip_index_url: str | None = None
+    pip_extra_index_url: str | None = None
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """Everything the renderer needs: no more decisions are made after this."""
+
+    model: LocalModel
+    env_manager: str
+    base_image: str
+    build_image: str
+    runtime_requirements: tuple[Requirement, ...]
+    labels: dict[str, str]
+    ca_cert: Path | None
+    pip_index_url: str | None
+    pip_extra_index_url: str | None
+
+    @property
+    def build_args(self) -> dict[str, str]:
+        """The values handed to the engine as build arguments (never written into a layer)."""
+        args = {
+            "PIP_INDEX_URL": self.pip_index_url,
+            "PIP_EXTRA_INDEX_URL": self.pip_extra_index_url,
+        }
+        return {name: value for name, value in args.items() if value}
+
+
+def plan_build(model: LocalModel, options: BuildOptions) -> BuildPlan:
+    if options.env_manager not in ENV_MANAGERS:
+        raise InvalidOption(
+            f"unknown env manager {options.env_manager!r}; choose one of {', '.join(ENV_MANAGERS)}"
+        )
+    if options.ca_cert is not None:
+        check_ca_bundle(options.ca_cert)
+    for option, url in (
+        ("--pip-index-url", options.pip_index_url),
+        ("--pip-extra-index-url", options.pip_extra_index_url),
+    ):
+        if url:
+            check_index_url(option, url)
+    runtime_requirements = _runtime_requirements(model)
+    check_runtime_compatible(model.requirements, runtime_requirements)
+    base_image = options.base_image or _default_base_image(model, options.env_manager)
+    build_image = CONDA_BUILD_IMAGE if options.env_manager == "conda" else base_image
+    return BuildPlan(
+        model=model,
+        env_manager=options.env_manager,
+        base_image=base_image,
+        build_image=build_image,
+        runtime_requirements=tuple(runtime_requirements),
+        labels=image_labels(model, options.env_manager, base_image),
+        ca_cert=options.ca_cert,
+        pip_index_url=options.pip_index_url,
+        pip_extra_index_url=options.pip_extra_index_url,
+    )
+
+
+def image_labels(model: LocalModel, env_manager: str, base_image: str) -> dict[str, str]:
+    labels = {
+        "org.opencontainers.image.title": model.name,
+        "org.opencontainers.image.description": f"MLflow model {model.uri} served by mlimg",
+        "org.opencontainers.image.base.name": base_image,
+        "mlimg.version": mlimg.__version__,
+        "mlimg.model.uri": model.uri,
+        "mlimg.model.run-id": model.run_id or "",
+        "mlimg.model.uuid": model.model_uuid or "",
+        "mlimg.model.registered-version": model.registered_version or "",
+        "mlimg.model.created": model.created or "",
+        "mlimg.model.flavors": ",".join(model.flavors),
+        "mlimg.model.mlflow-version": model.mlflow_version or "",
+        "mlimg.python-version": model.python_version,
+        "mlimg.env-manager": env_manager,
+    }
+    return {key: value for key, value in labels.items() if value}
+
+
+def check_ca_bundle(path: Path) -> None:
+    """A CA bundle must be a readable file holding at least one PEM certificate."""
+    if not path.is_file():
+        raise InvalidOption(f"--ca-cert {path}: no such file")
+    try:
+        text = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidOption(f"--ca-cert {path}: cannot read it as a PEM file ({exc})") from None
+    if _PEM_CERTIFICATE not in text:
+        raise InvalidOption(f"--ca-cert {path}: holds no PEM certificate ({_PEM_CERTIFICATE})")
+
+
+def check_index_url(option: str, url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https", "file") or not (parts.netloc or parts.path):
+        raise InvalidOption(f"{option}: {redact_url(url)!r} is not an http(s) or file URL")
+    if re.search(r"\s", url):
+        raise InvalidOption(f"{option}: the URL contains white space")
+
+
+def has_credentials(url: str | None) -> bool:
+    return bool(url) and "@" in urlsplit(url).netloc
+
+
+def redact_url(url: str) -> str:
+    """The URL with any user:password replaced, for messages and labels."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"***@{host}").geturl()
+
+
+def runtime_requirement_lines() -> list[str]:
+    text = files("mlimg_runtime").joinpath("requirements.txt").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def _runtime_requirements(model: LocalModel) -> list[Requirement]:
+    requirements = [Requirement(line) for line in runtime_requirement_lines()]
+    if not any(req.name in _MLFLOW_DISTRIBUTIONS for req in model.requirements):
+        # The runtime loads the model through mlflow.pyfunc: bring the skinny client the model
+        # was saved with when the model's own requirements do not name mlflow.
+        pin = f"=={model.mlflow_version}" if model.mlflow_version else ""
+        requirements.append(Requirement(f"mlflow-skinny{pin}"))
+    return requirements
+
+
+def _default_base_image(model: LocalModel, env_manager: str) -> str:
+    if env_manager == "conda":
+        return CONDA_DEFAULT_BASE
+    return f"python:{model.python_minor}-slim"

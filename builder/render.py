@@ -1,0 +1,241 @@
+"""From a `BuildPlan` to a build context on disk: a Dockerfile and every file it copies.
+
+The context is self-contained (`docker build DIR` needs no mlimg) and appears atomically:
+it is written to a temporary sibling and renamed into place, so a failure leaves nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib.resources import as_file, files
+from pathlib import Path
+from typing import Any
+
+import certifi
+import yaml
+from jinja2 import FileSystemLoader, StrictUndefined
+from jinja2.sandbox import SandboxedEnvironment
+
+import mlimg
+from mlimg.errors import OutputExists
+from mlimg.plan import UV_VERSION, BuildPlan, has_credentials, redact_url
+
+MARKER = "mlimg/context.json"  # marks a directory as one that mlimg wrote (and may replace)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class RenderedContext:
+    path: Path
+    dockerfile: str
+    notices: tuple[str, ...]  # what the user must know to build it by hand
+
+
+def render_dockerfile(plan: BuildPlan) -> str:
+    """The Dockerfile text for a plan; pure, so it can be linted and tested without disk."""
+    template = _jinja().get_template(f"{plan.env_manager}.Dockerfile.j2")
+    text = template.render(
+        mlimg_version=mlimg.__version__,
+        model_uri=plan.model.uri,
+        build_image=plan.build_image,
+        base_image=plan.base_image,
+        ca_bundle="mlimg/ca-bundle.pem" if plan.ca_cert else None,
+        index_url_default=_arg_default_url(plan.pip_index_url),
+        extra_index_url_default=_arg_default_url(plan.pip_extra_index_url),
+        has_build_requirements=bool(plan.model.build_requirements),
+        uv_version=UV_VERSION,
+        labels=plan.labels,
+    )
+    return text.rstrip("\n") + "\n"
+
+
+def render_context(plan: BuildPlan, dest: Path, link_model_files: bool = False) -> RenderedContext:
+    """Write the whole build context to `dest`, replacing an earlier mlimg context there.
+
+    `link_model_files` hard-links the model's files instead of copying them where it can: for
+    throwaway contexts (`mlimg build`), never for a directory the user keeps and may edit.
+    """
+    dest = dest.resolve()
+    _check_destination(dest)
+    dockerfile = render_dockerfile(plan)
+    with _atomic_directory(dest) as tmp:
+        (tmp / "Dockerfile").write_text(dockerfile, encoding="utf-8")
+        _write_environment(plan, tmp / "env")
+        _write_mlimg_files(plan, tmp / "mlimg")
+        _copy_tree(plan.model.path, tmp / "model", link=link_model_files)
+    return RenderedContext(path=dest, dockerfile=dockerfile, notices=tuple(_notices(plan)))
+
+
+def _check_destination(dest: Path) -> None:
+    if not dest.exists():
+        return
+    if not dest.is_dir():
+        raise OutputExists(f"{dest} exists and is not a directory")
+    if any(dest.iterdir()) and not (dest / MARKER).is_file():
+        raise OutputExists(
+            f"{dest} exists and was not written by mlimg; choose another directory with -d "
+            "or remove it"
+        )
+
+
+@contextmanager
+def _atomic_directory(dest: Path) -> Iterator[Path]:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        if dest.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
+            os.replace(dest, old / "context")
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_environment(plan: BuildPlan, env_dir: Path) -> None:
+    env_dir.mkdir()
+    model = plan.model
+    _write_lines(env_dir / "requirements.txt", [str(req) for req in model.requirements])
+    if model.build_requirements:
+        _write_lines(
+            env_dir / "build-requirements.txt", [str(req) for req in model.build_requirements]
+        )
+    if plan.env_manager == "conda":
+        conda_yaml = yaml.safe_dump(conda_environment(plan), sort_keys=False)
+        (env_dir / "conda.yaml").write_text(conda_yaml, encoding="utf-8")
+
+
+def conda_environment(plan: BuildPlan) -> dict[str, Any]:
+    """The model's conda.yaml with its pip section replaced by the checked requirements."""
+    model = plan.model
+    source = model.conda_env or {}
+    deps = [
+        dep
+        for dep in source.get("dependencies") or []
+        if not (isinstance(dep, dict) and "pip" in dep)
+    ]
+    if not any(isinstance(dep, str) and dep.startswith("python") for dep in deps):
+        deps.insert(0, f"python={model.python_version}")
+    if not any(isinstance(dep, str) and dep.startswith("pip") for dep in deps):
+        deps.append("pip")
+    deps.append({"pip": [str(req) for req in model.requirements]})
+    return {
+        "name": "mlimg-env",
+        "channels": source.get("channels") or ["conda-forge"],
+        "dependencies": deps,
+    }
+
+
+def _write_mlimg_files(plan: BuildPlan, mlimg_dir: Path) -> None:
+    mlimg_dir.mkdir()
+    _write_lines(
+        mlimg_dir / "runtime-requirements.txt", [str(req) for req in plan.runtime_requirements]
+    )
+    with as_file(files("mlimg_runtime")) as runtime_src:
+        _copy_tree(Path(runtime_src), mlimg_dir / "mlimg_runtime", link=False)
+    if plan.ca_cert is not None:
+        # The given CA first, then the public roots, so that a file holding only a corporate
+        # root still lets pip reach hosts that are not behind the proxy.
+        bundle = plan.ca_cert.read_text(encoding="ascii").rstrip("\n") + "\n"
+        bundle += Path(certifi.where()).read_text(encoding="ascii")
+        (mlimg_dir / "ca-bundle.pem").write_text(bundle, encoding="ascii")
+    marker = {
+        "mlimg_version": mlimg.__version__,
+        "model_uri": plan.model.uri,
+        "env_manager": plan.env_manager,
+        "base_image": plan.base_image,
+    }
+    (mlimg_dir / "context.json").write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+
+
+def _copy_tree(src: Path, dest: Path, link: bool) -> None:
+    """Copy a tree with modes the image's unprivileged user can read; skip bytecode caches."""
+
+    def copy_file(source: str, target: str) -> None:
+        mode = os.stat(source).st_mode
+        if link and mode & stat.S_IROTH:
+            try:
+                os.link(source, target)
+                return
+            except OSError:
+                pass  # another file system: copy instead
+        shutil.copyfile(source, target)
+        executable = mode & stat.S_IXUSR
+        os.chmod(target, 0o755 if executable else 0o644)
+
+    shutil.copytree(
+        src,
+        dest,
+        copy_function=copy_file,
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
+    for directory, _, _ in os.walk(dest):
+        os.chmod(directory, 0o755)
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+
+
+def _notices(plan: BuildPlan) -> Iterator[str]:
+    for arg, url in (
+        ("PIP_INDEX_URL", plan.pip_index_url),
+        ("PIP_EXTRA_INDEX_URL", plan.pip_extra_index_url),
+    ):
+        if has_credentials(url):
+            yield (
+                f"the {arg} URL carries credentials, so it was not written to the Dockerfile; "
+                f"pass it at build time: --build-arg {arg}='{redact_url(url)}' "
+                "(with the real credentials)"
+            )
+
+
+def _arg_default_url(url: str | None) -> str | None:
+    return None if not url or has_credentials(url) else url
+
+
+def _docker_value(value: Any) -> str:
+    """A double-quoted Dockerfile value: no control characters, no variable expansion."""
+    text = _CONTROL.sub(" ", str(value))
+    text = text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
+    return f'"{text}"'
+
+
+def _arg_default(value: str | None) -> str:
+    return "" if not value else f"={_docker_value(value)}"
+
+
+def _comment(value: Any) -> str:
+    return _CONTROL.sub(" ", str(value))
+
+
+def _jinja() -> SandboxedEnvironment:
+    env = SandboxedEnvironment(
+        loader=FileSystemLoader(str(files("mlimg.templates"))),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters.update(
+        docker_value=_docker_value,
+        arg_default=_arg_default,
+        comment=_comment,
+        shell_quote=shlex.quote,
+    )
+    return env

@@ -1,0 +1,125 @@
+"""The smoke test: run the image, wait for /ping, POST the model's own example to /invocations."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import docker
+from docker.errors import APIError, NotFound
+
+from mlimg.errors import SmokeTestFailed
+
+CONTAINER_PORT = "8080/tcp"
+_LOG_LINES = 60
+
+
+@dataclass(frozen=True)
+class SmokeReport:
+    ready_seconds: float
+    predictions: Any  # None when the model carries no example and only /ping was checked
+
+
+def smoke_test(
+    client: docker.DockerClient,
+    image: str,
+    example: Any,
+    report: Callable[[str], None],
+    timeout: float = 180.0,
+) -> SmokeReport:
+    """Start `image` with its port on 127.0.0.1 only, check it serves, always remove it."""
+    container = client.containers.run(
+        image,
+        detach=True,
+        ports={CONTAINER_PORT: ("127.0.0.1", None)},
+        labels={"mlimg.smoke-test": "true"},
+    )
+    try:
+        base_url = f"http://127.0.0.1:{_published_port(container)}"
+        started = time.monotonic()
+        _wait_ready(container, base_url, started + timeout)
+        ready = time.monotonic() - started
+        report(f"/ping answered 200 after {ready:.1f}s")
+        if example is None:
+            report("the model carries no input example: /invocations was not exercised")
+            return SmokeReport(ready, None)
+        predictions = _invoke(base_url, example)
+        report(f"/invocations answered 200 with predictions: {_preview(predictions)}")
+        return SmokeReport(ready, predictions)
+    except SmokeTestFailed as exc:
+        raise SmokeTestFailed(f"{exc}\n{_container_log(container)}") from None
+    finally:
+        with contextlib.suppress(NotFound, APIError):
+            container.remove(force=True)
+
+
+def _published_port(container: Any) -> str:
+    for _ in range(50):
+        container.reload()
+        bindings = (container.ports or {}).get(CONTAINER_PORT)
+        if bindings:
+            return bindings[0]["HostPort"]
+        if container.status == "exited":
+            break
+        time.sleep(0.1)
+    raise SmokeTestFailed("the container exited before its port was published")
+
+
+def _wait_ready(container: Any, base_url: str, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        container.reload()
+        if container.status in ("exited", "dead"):
+            code = container.attrs.get("State", {}).get("ExitCode")
+            raise SmokeTestFailed(f"the container exited with code {code} before /ping answered")
+        try:
+            with urllib.request.urlopen(f"{base_url}/ping", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (OSError, urllib.error.HTTPError):
+            pass
+        time.sleep(0.25)
+    raise SmokeTestFailed("/ping did not answer 200 before the deadline")
+
+
+def _invoke(base_url: str, example: Any) -> Any:
+    request = urllib.request.Request(
+        f"{base_url}/invocations",
+        data=json.dumps(example).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        detail = exc.read()[:500].decode("utf-8", errors="replace")
+        raise SmokeTestFailed(f"/invocations answered {exc.code}: {detail}") from None
+    except OSError as exc:
+        raise SmokeTestFailed(f"/invocations did not answer: {exc}") from None
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        raise SmokeTestFailed(f"/invocations answered 200 but not JSON: {body[:200]!r}") from None
+    if not isinstance(answer, dict) or "predictions" not in answer:
+        raise SmokeTestFailed(f"/invocations answered 200 without predictions: {body[:200]!r}")
+    return answer["predictions"]
+
+
+def _container_log(container: Any) -> str:
+    try:
+        log = container.logs(tail=_LOG_LINES).decode("utf-8", errors="replace").rstrip()
+    except (NotFound, APIError):
+        return "(the container's log could not be read)"
+    lines = log.splitlines() or ["(empty)"]
+    return "the container's log:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _preview(predictions: Any, limit: int = 100) -> str:
+    text = json.dumps(predictions)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

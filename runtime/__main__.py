@@ -1,0 +1,3 @@
+from mlimg_runtime.server import main
+
+main()

@@ -1,0 +1,72 @@
+"""The runtime's settings, read once from environment variables (the image's contract)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_PORT = 8080
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    model_path: str
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    workers: int = 1
+    timeout: int = 60
+    graceful_timeout: int = 8
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> ServerConfig:
+        env = os.environ if environ is None else environ
+        return cls(
+            model_path=env.get("MLIMG_MODEL_PATH", "/opt/ml/model"),
+            host=env.get("MLIMG_HOST", "0.0.0.0"),
+            port=_positive_int(env, "PORT", DEFAULT_PORT),
+            workers=_positive_int(env, "MLIMG_WORKERS", available_cpus()),
+            timeout=_positive_int(env, "MLIMG_TIMEOUT", 60),
+            graceful_timeout=_positive_int(env, "MLIMG_GRACEFUL_TIMEOUT", 8),
+        )
+
+
+def available_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """The CPUs this process may use: the cgroup quota when one is set, else the affinity mask."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_quota(cgroup_root)
+    if quota is not None:
+        cpus = min(cpus, quota)
+    return max(1, cpus)
+
+
+def _cgroup_quota(root: Path) -> int | None:
+    try:  # cgroup v2: "max 100000" or "150000 100000"
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        if quota != "max":
+            return max(1, -(-int(quota) // int(period)))
+        return None
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return max(1, -(-quota // period)) if quota > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def _positive_int(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a positive whole number, not {raw!r}") from None
+    if value < 1:
+        raise ValueError(f"{name} must be a positive whole number, not {raw!r}")
+    return value

@@ -1,0 +1,1 @@
+"""The Jinja Dockerfile templates, a package only so that they ship with mlimg."""

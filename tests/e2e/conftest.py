@@ -1,0 +1,95 @@
+"""End-to-end fixtures: a real Docker engine, real builds through the `mlimg` command."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from mlimg import engine
+from mlimg.errors import EngineUnavailable
+
+BUILD_TIMEOUT = 1200
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    try:
+        client = engine.connect()
+    except EngineUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set, so the end-to-end tests must run, but: {exc}")
+        pytest.skip(f"no Docker engine: {exc}")
+    yield client
+    for container in client.containers.list(all=True, filters={"label": "mlimg.e2e"}):
+        container.remove(force=True)
+
+
+def run_mlimg(*args: str) -> subprocess.CompletedProcess:
+    """Run the real command; its output is echoed so a CI log shows each build."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mlimg", *args],
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT,
+    )
+    sys.stderr.write(f"$ mlimg {' '.join(args)}\n{result.stderr}{result.stdout}")
+    return result
+
+
+def build(model: Path, tag: str, ca_cert: Path, *extra: str) -> subprocess.CompletedProcess:
+    return run_mlimg("build", "-m", str(model), "-t", tag, "--ca-cert", str(ca_cert), *extra)
+
+
+@contextmanager
+def serving(client, image: str, timeout: float = 120.0, **run_options) -> Iterator[str]:
+    """Run `image` with its port on 127.0.0.1, yield its base URL once /ping answers."""
+    container = client.containers.run(
+        image,
+        detach=True,
+        ports={"8080/tcp": ("127.0.0.1", None)},
+        labels={"mlimg.e2e": "true"},
+        **run_options,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        port = None
+        while time.monotonic() < deadline:
+            container.reload()
+            assert container.status not in ("exited", "dead"), container.logs().decode()
+            bindings = (container.ports or {}).get("8080/tcp")
+            if bindings:
+                port = bindings[0]["HostPort"]
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+            time.sleep(0.25)
+        else:
+            pytest.fail(f"{image} did not answer /ping: {container.logs().decode()[-2000:]}")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        container.remove(force=True)
+
+
+def remove_tag(client, tag: str) -> None:
+    from docker.errors import ImageNotFound
+
+    with contextlib.suppress(ImageNotFound):
+        client.images.remove(tag, force=True, noprune=True)
