@@ -97,8 +97,9 @@ def _build_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _plan(model_uri: str, **options: Any) -> BuildPlan:
-    ca_cert = None if options.pop("no_ca_cert") else options.pop("ca_cert")
-    options.pop("ca_cert", None)
+    ca_cert = options.pop("ca_cert")
+    if options.pop("no_ca_cert"):
+        ca_cert = None
     model: LocalModel = load_local_model(resolve_model_uri(model_uri))
     plan = plan_build(model, BuildOptions(ca_cert=ca_cert, **options))
     if plan.ca_cert is not None:
@@ -157,6 +158,7 @@ def build(
     **options: Any,
 ) -> None:
     """Build an image for MODEL through the Docker engine, then smoke-test it."""
+    engine.check_tag(tag)
     plan = _plan(model_uri, **options)
     client = engine.connect()
     with tempfile.TemporaryDirectory(prefix="mlimg-context-") as tmp:
@@ -173,13 +175,16 @@ def build(
         _say("smoke test: starting a container")
         try:
             smoke_test(client, built.id, plan.model.serving_example, _say, smoke_timeout)
-        except MlimgError:
+        except BaseException:  # a failure or Ctrl-C: the untested image must not stay
             engine.remove_image(client, built.id)
-            _say(f"the new image failed its smoke test and was removed; {tag} was not changed")
+            _say(
+                f"the new image did not pass its smoke test and was removed; {tag} was not changed"
+            )
             raise
     engine.tag_image(client, built.id, tag)
-    size_mb = engine.image_size(client, tag) / 1e6
-    click.echo(f"{tag}: {size_mb:.0f} MB; run it with: docker run -p 5000:8080 {tag}")
+    size = engine.image_size(client, tag)
+    size_text = f"{size / 1e6:.0f} MB" if size is not None else "size unknown"
+    click.echo(f"{tag}: {size_text}; run it with: docker run -p 5000:8080 {tag}")
 
 
 def main() -> None:

@@ -15,9 +15,17 @@ import docker
 from docker.errors import APIError, DockerException, ImageNotFound
 from docker.utils import parse_repository_tag
 
-from mlimg.errors import BuildFailed, EngineUnavailable
+from mlimg.errors import BuildFailed, EngineUnavailable, InvalidOption
 
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
+# Docker's reference grammar: an optional registry (a host with a dot or a port, or localhost),
+# then lower-case path components.
+_REPOSITORY = re.compile(
+    r"^(?:(?:localhost|[a-zA-Z0-9-]+(?:\.[a-zA-Z0-9-]+)+)(?::\d+)?/|[a-zA-Z0-9-]+:\d+/)?"
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$"
+)
+_TAG = re.compile(r"^[\w][\w.-]{0,127}$")
 _TAIL_LINES = 40
 
 
@@ -101,9 +109,23 @@ def build_image(
     return BuiltImage(image_id, time.monotonic() - started, steps, cached)
 
 
+def check_tag(tag: str) -> None:
+    """Refuse a malformed image reference before any work is done, not after the build."""
+    repository, version = parse_repository_tag(tag)
+    if not _REPOSITORY.match(repository) or (version and not _TAG.match(version)):
+        raise InvalidOption(
+            f"--tag {tag!r} is not a valid image reference (lower-case name[:tag], "
+            "e.g. registry.example.com/team/model:1)"
+        )
+
+
 def tag_image(client: docker.DockerClient, image_id: str, tag: str) -> None:
     repository, version = parse_repository_tag(tag)
-    client.images.get(image_id).tag(repository, version or "latest")
+    try:
+        client.images.get(image_id).tag(repository, version or "latest")
+    except DockerException as exc:
+        message = f"the image was built but could not be tagged {tag}: {_reason(exc)}"
+        raise BuildFailed(message) from None
 
 
 def remove_image(client: docker.DockerClient, image_id: str) -> None:
@@ -112,8 +134,11 @@ def remove_image(client: docker.DockerClient, image_id: str) -> None:
         client.images.remove(image_id, force=True, noprune=True)
 
 
-def image_size(client: docker.DockerClient, image: str) -> int:
-    return int(client.images.get(image).attrs["Size"])
+def image_size(client: docker.DockerClient, image: str) -> int | None:
+    try:
+        return int(client.images.get(image).attrs["Size"])
+    except DockerException:
+        return None
 
 
 def _build_failure(error: str, tail: collections.deque[str], step: str = "") -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import docker
-from docker.errors import APIError, NotFound
+from docker.errors import DockerException
 
 from mlimg.errors import SmokeTestFailed
 
@@ -34,12 +34,15 @@ def smoke_test(
     timeout: float = 180.0,
 ) -> SmokeReport:
     """Start `image` with its port on 127.0.0.1 only, check it serves, always remove it."""
-    container = client.containers.run(
-        image,
-        detach=True,
-        ports={CONTAINER_PORT: ("127.0.0.1", None)},
-        labels={"mlimg.smoke-test": "true"},
-    )
+    try:
+        container = client.containers.run(
+            image,
+            detach=True,
+            ports={CONTAINER_PORT: ("127.0.0.1", None)},
+            labels={"mlimg.smoke-test": "true"},
+        )
+    except DockerException as exc:
+        raise SmokeTestFailed(f"the engine could not start a container: {exc}") from None
     try:
         base_url = f"http://127.0.0.1:{_published_port(container)}"
         started = time.monotonic()
@@ -54,8 +57,10 @@ def smoke_test(
         return SmokeReport(ready, predictions)
     except SmokeTestFailed as exc:
         raise SmokeTestFailed(f"{exc}\n{_container_log(container)}") from None
+    except DockerException as exc:
+        raise SmokeTestFailed(f"the engine failed during the smoke test: {exc}") from None
     finally:
-        with contextlib.suppress(NotFound, APIError):
+        with contextlib.suppress(DockerException):
             container.remove(force=True)
 
 
@@ -114,7 +119,7 @@ def _invoke(base_url: str, example: Any) -> Any:
 def _container_log(container: Any) -> str:
     try:
         log = container.logs(tail=_LOG_LINES).decode("utf-8", errors="replace").rstrip()
-    except (NotFound, APIError):
+    except DockerException:
         return "(the container's log could not be read)"
     lines = log.splitlines() or ["(empty)"]
     return "the container's log:\n" + "\n".join(f"  {line}" for line in lines)

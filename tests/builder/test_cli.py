@@ -123,3 +123,19 @@ def test_credentials_in_index_url_are_announced_not_written(
     assert "--build-arg PIP_INDEX_URL='https://***@index.example.invalid/simple'" in result.stderr
     assert "hunter2" not in result.stderr
     assert "hunter2" not in (tmp_path / "mlimg-dockerfile" / "Dockerfile").read_text()
+
+
+@pytest.mark.parametrize("tag", ["UPPER/case", "name:bad tag", "-leading", "a//b"])
+def test_malformed_tag_is_refused_before_any_work(
+    sklearn_model: Path, tmp_path: Path, tag: str
+) -> None:
+    result = mlimg(
+        "build",
+        "-m",
+        str(sklearn_model),
+        "-t",
+        tag,
+        cwd=tmp_path,
+        DOCKER_HOST=f"unix://{tmp_path}/no-engine.sock",
+    )
+    assert_clean_failure(result, "is not a valid image reference")
