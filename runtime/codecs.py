@@ -1,12 +1,19 @@
-"""Request decoding and response encoding: pure functions over bytes, frames and arrays.
+"""Request decoding and response encoding: functions over bytes, frames and arrays, no HTTP.
 
-decode_request(content_type, body) -> ModelInput(data, params)
-encode_predictions(predictions) -> bytes
+    decode_request(content_type, body, signature) -> ModelInput(data, params, unwrapped)
+    encode_predictions(predictions, unwrapped) -> bytes
+
+Decoding follows MLflow's scoring server (3.x) wherever that server works, so existing clients
+keep working, and goes further where the protocol document shows a request that MLflow
+refuses: `application/csv`, a top-level list of records, ragged `inputs`, datetimes with mixed
+offsets, a header-less CSV row. Any failure to decode is a `BadRequest` (400) or an
+`UnsupportedMediaType` (415); nothing a client sends can make decoding raise anything else.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import datetime as dt
 import io
 import json
@@ -16,11 +23,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlimg_runtime.errors import BadRequest, UnsupportedMediaType
+from mlimg_runtime.errors import BadRequest, ScoringError, UnsupportedMediaType
 
 JSON = "application/json"
 CSV_TYPES = ("text/csv", "application/csv")
+PARQUET = "application/vnd.apache.parquet"
+MEDIA_TYPES = (JSON, *CSV_TYPES, PARQUET)
 FORMAT_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+LLM_KEYS = ("messages", "prompt", "input")  # raw OpenAI-style chat, completions, embeddings
 _PREFIX = 80  # how much of a payload an error message may quote
 
 
@@ -28,33 +38,110 @@ _PREFIX = 80  # how much of a payload an error message may quote
 class ModelInput:
     data: Any
     params: dict[str, Any] = field(default_factory=dict)
+    unwrapped: bool = False  # a raw LLM payload: the answer is not wrapped in "predictions"
 
 
-def media_type(content_type: str | None) -> str:
-    """The media type without parameters, lower-cased: 'Text/CSV; charset=utf-8' -> 'text/csv'."""
-    return (content_type or "").split(";", 1)[0].strip().lower()
+@dataclass(frozen=True)
+class Signature:
+    """What decoding needs from the model's signature, read once when the model loads."""
+
+    input_schema: Any = None  # mlflow.types.Schema or None
+    param_names: frozenset[str] = frozenset()
+    column_types: dict[str, str] = field(default_factory=dict)  # named DataType columns
+
+    @classmethod
+    def of(cls, model: Any) -> Signature:
+        metadata = getattr(model, "metadata", None)
+        if metadata is None:
+            return cls()
+        schema = metadata.get_input_schema()
+        params = metadata.get_params_schema() if hasattr(metadata, "get_params_schema") else None
+        column_types: dict[str, str] = {}
+        if schema is not None and schema.has_input_names() and not schema.is_tensor_spec():
+            for spec in schema.inputs:
+                kind = getattr(spec.type, "name", None)  # DataType members have a name
+                if isinstance(kind, str):
+                    column_types[spec.name] = kind
+        names = frozenset(p.name for p in params.params) if params is not None else frozenset()
+        return cls(schema, names, column_types)
 
 
-def decode_request(content_type: str | None, body: bytes) -> ModelInput:
-    kind = media_type(content_type)
-    if kind == JSON:
-        return decode_json(body)
-    if kind in CSV_TYPES:
-        return ModelInput(decode_csv(body))
-    shown = content_type if content_type else "none"
-    raise UnsupportedMediaType(
-        f"unsupported Content-Type {shown!r}: use application/json, text/csv or application/csv"
-    )
+NO_SIGNATURE = Signature()
 
 
-def decode_csv(body: bytes) -> pd.DataFrame:
+def parse_content_type(header: str | None) -> str:
+    """The request's media type, lower-cased; 415 for a missing, unknown or non-UTF-8 one."""
+    if not header or not header.strip():
+        raise UnsupportedMediaType(_media_help("no Content-Type header"))
+    media, *parameters = (part.strip() for part in header.split(";"))
+    media = media.lower()
+    for parameter in filter(None, parameters):
+        key, _, value = parameter.partition("=")
+        key, value = key.strip().lower(), value.strip().strip('"').lower()
+        if key != "charset":
+            raise UnsupportedMediaType(f"unrecognized Content-Type parameter {key!r}")
+        if value not in ("utf-8", "utf8"):
+            raise UnsupportedMediaType(f"only UTF-8 is supported, not charset={value!r}")
+    if media not in MEDIA_TYPES:
+        raise UnsupportedMediaType(_media_help(f"unsupported Content-Type {media[:60]!r}"))
+    return media
+
+
+def decode_request(
+    content_type: str | None, body: bytes, signature: Signature = NO_SIGNATURE
+) -> ModelInput:
+    media = parse_content_type(content_type)
     try:
-        return pd.read_csv(io.BytesIO(body))
-    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        if media == JSON:
+            return decode_json(body, signature)
+        if media == PARQUET:
+            return ModelInput(_cast_columns(decode_parquet(body), signature))
+        return ModelInput(_cast_columns(decode_csv(body, signature), signature))
+    except ScoringError:
+        raise
+    except Exception as exc:  # a decoder's own failure on hostile input is still the client's
+        raise BadRequest(f"the request body could not be decoded: {_first_line(exc)}") from None
+
+
+def decode_csv(body: bytes, signature: Signature = NO_SIGNATURE) -> pd.DataFrame:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"the CSV body is not UTF-8: {exc}") from None
+    # Read typed where the signature names plain columns; binary and datetime are cast after.
+    dtypes = {
+        name: _PANDAS_TYPES[kind]
+        for name, kind in signature.column_types.items()
+        if kind in _PANDAS_TYPES
+    }
+    try:
+        frame = pd.read_csv(io.StringIO(text), dtype=dtypes or None)
+        names = list(signature.column_types)
+        if (
+            names
+            and len(frame.columns) == len(names)
+            and not set(map(str, frame.columns)) & set(names)
+        ):
+            # A header-less CSV such as the spec's '1,2,3,4': its first line is data, in
+            # the signature's column order.
+            frame = pd.read_csv(io.StringIO(text), header=None, names=names, dtype=dtypes or None)
+    except (ValueError, TypeError, OverflowError, pd.errors.ParserError) as exc:
         raise BadRequest(f"the CSV body could not be parsed: {_first_line(exc)}") from None
+    return frame
 
 
-def decode_json(body: bytes) -> ModelInput:
+def decode_parquet(body: bytes) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(io.BytesIO(body))
+    except ImportError:
+        raise UnsupportedMediaType(
+            "Parquet input needs pyarrow (or fastparquet) in the model's environment"
+        ) from None
+    except (ValueError, OSError, TypeError) as exc:
+        raise BadRequest(f"the Parquet body could not be read: {_first_line(exc)}") from None
+
+
+def decode_json(body: bytes, signature: Signature = NO_SIGNATURE) -> ModelInput:
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -62,74 +149,145 @@ def decode_json(body: bytes) -> ModelInput:
             f"the body is not valid JSON ({_first_line(exc)}): {_prefix(body)}"
         ) from None
     if isinstance(payload, list):
-        return ModelInput(_records_frame(payload))
+        # The record-oriented list that the protocol document shows for binary and datetimes.
+        return ModelInput(_cast_columns(_records_frame(payload, "the top-level list"), signature))
     if not isinstance(payload, dict):
         raise BadRequest(f"expected a JSON object or a list of records, got {_prefix(body)}")
     keys = [key for key in FORMAT_KEYS if key in payload]
+    if not keys and any(key in payload for key in LLM_KEYS):
+        return _llm_input(payload, signature)
     if len(keys) != 1:
         found = f"found {', '.join(keys)}" if keys else f"found keys {sorted(payload)[:10]}"
         raise BadRequest(
-            f"the JSON body must hold exactly one of {', '.join(FORMAT_KEYS)}; {found}"
+            f"the JSON body must hold exactly one of {', '.join(FORMAT_KEYS)} "
+            f"(or a raw chat, completions or embeddings payload); {found}"
         )
-    params = payload.get("params") or {}
+    key = keys[0]
+    unknown = set(payload) - {key, "params"}
+    if unknown:
+        raise BadRequest(f"unexpected keys beside {key!r}: {sorted(unknown)[:10]}")
+    params = payload.get("params")
+    if params is None:
+        params = {}
     if not isinstance(params, dict):
         raise BadRequest("'params' must be a JSON object")
-    unknown = set(payload) - {keys[0], "params"}
-    if unknown:
-        raise BadRequest(f"unexpected keys beside {keys[0]!r}: {sorted(unknown)[:10]}")
-    return ModelInput(_decode_format(keys[0], payload[keys[0]]), params)
-
-
-def _decode_format(key: str, value: Any) -> Any:
+    value = payload[key]
     if key == "dataframe_split":
-        return _split_frame(value)
-    if key == "dataframe_records":
-        return _records_frame(value)
-    return _tensor_input(value)
+        data = _cast_columns(_split_frame(value), signature)
+    elif key == "dataframe_records":
+        data = _cast_columns(_records_frame(value, "'dataframe_records'"), signature)
+    else:
+        data = _tensor_input(key, value, signature)
+    return ModelInput(data, params)
+
+
+def _llm_input(payload: dict[str, Any], signature: Signature) -> ModelInput:
+    """Raw chat/completions/embeddings: keys the param schema names are params, the rest data."""
+    data = {k: v for k, v in payload.items() if k not in signature.param_names}
+    params = {k: v for k, v in payload.items() if k in signature.param_names}
+    return ModelInput(data, params, unwrapped=True)
 
 
 def _split_frame(value: Any) -> pd.DataFrame:
     if not isinstance(value, dict) or "data" not in value:
         raise BadRequest("'dataframe_split' must be an object with 'data' (and 'columns')")
+    extra = set(value) - {"columns", "data", "index"}
+    if extra:
+        raise BadRequest(f"'dataframe_split' has unexpected keys {sorted(extra)[:10]}")
     try:
         return pd.DataFrame(
             data=value["data"], columns=value.get("columns"), index=value.get("index")
         )
-    except (ValueError, TypeError) as exc:
-        raise BadRequest(
-            f"'dataframe_split' does not form a DataFrame: {_first_line(exc)}"
-        ) from None
+    except (ValueError, TypeError, AssertionError) as exc:
+        message = f"'dataframe_split' does not form a DataFrame: {_first_line(exc)}"
+        raise BadRequest(message) from None
 
 
-def _records_frame(value: Any) -> pd.DataFrame:
+def _records_frame(value: Any, what: str) -> pd.DataFrame:
     if not isinstance(value, list) or not all(isinstance(row, dict) for row in value):
-        raise BadRequest("records must be a list of JSON objects, one per row")
+        raise BadRequest(f"{what} must be a list of JSON objects, one per row")
+    return pd.DataFrame.from_records(value) if value else pd.DataFrame()
+
+
+def _tensor_input(key: str, value: Any, signature: Signature) -> Any:
+    """`instances` / `inputs`: parsed as MLflow parses them, plus ragged nested lists."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.proto_json_utils import parse_tf_serving_input
+
+    if _is_ragged(value):
+        # MLflow turns these into numpy arrays and fails; each inner list is one row's value.
+        schema = signature.input_schema
+        name = schema.input_names()[0] if schema is not None and len(schema.inputs) == 1 else 0
+        return pd.DataFrame({name: value})
     try:
-        return pd.DataFrame.from_records(value)
-    except (ValueError, TypeError) as exc:
-        raise BadRequest(f"the records do not form a DataFrame: {_first_line(exc)}") from None
+        return parse_tf_serving_input({key: value}, schema=signature.input_schema)
+    except MlflowException as exc:
+        raise BadRequest(_first_line(exc.message)) from None
 
 
-def _tensor_input(value: Any) -> Any:
-    """TF-serving style input: a list becomes an array, a dict of lists a dict of arrays."""
-    if isinstance(value, dict):
-        return {key: _array(item) for key, item in value.items()}
-    if isinstance(value, list) and value and all(isinstance(row, dict) for row in value):
-        columns = {key for row in value for key in row}
-        return {key: _array([row.get(key) for row in value]) for key in sorted(columns)}
-    return _array(value)
+def _is_ragged(value: Any) -> bool:
+    if not isinstance(value, list) or not value:
+        return False
+    if not all(isinstance(item, list) for item in value):
+        return False
+    return len({len(item) for item in value}) > 1
 
 
-def _array(value: Any) -> Any:
-    try:
-        return np.asarray(value)
-    except ValueError:  # ragged nesting: leave it to the model
+def _cast_columns(frame: pd.DataFrame, signature: Signature) -> pd.DataFrame:
+    """Decode what JSON and CSV cannot carry natively: base64 binary, ISO 8601 datetimes."""
+    if frame.columns.has_duplicates:
+        duplicated = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})[:5]
+        raise BadRequest(f"the input names columns more than once: {duplicated}")
+    for name, kind in signature.column_types.items():
+        if name not in frame.columns:
+            continue
+        if kind == "binary":
+            frame[name] = [_base64(value, name) for value in frame[name]]
+        elif kind == "datetime":
+            frame[name] = _datetimes(frame[name], name)
+    return frame
+
+
+def _base64(value: Any, column: str) -> Any:
+    if value is None or isinstance(value, (bytes, bytearray)):
         return value
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"column {column!r} is binary: send base64 strings, not {_type(value)}")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(f"column {column!r} holds a value that is not valid base64") from None
 
 
-def encode_predictions(predictions: Any) -> bytes:
-    """MLflow's response shape: {"predictions": ...}, frames as records, arrays as lists."""
-    return json.dumps({"predictions": jsonable(predictions)}, default=_json_default).encode()
+def _datetimes(column: pd.Series, name: str) -> pd.Series:
+    """ISO 8601 strings to naive datetimes; offsets (a trailing Z included) are moved to UTC."""
+    if not pd.api.types.is_datetime64_any_dtype(column):
+        if any(not isinstance(v, str) for v in column.tolist() if v is not None):
+            raise BadRequest(f"column {name!r} is a datetime: send ISO 8601 strings")
+        try:
+            column = pd.to_datetime(column, utc=True, **_ISO8601)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise BadRequest(
+                f"column {name!r}: not an ISO 8601 datetime ({_first_line(exc)})"
+            ) from None
+    if getattr(column.dt, "tz", None) is not None:
+        column = column.dt.tz_convert(None)
+    if hasattr(column.dt, "as_unit"):
+        column = column.dt.as_unit("ns")  # MLflow's datetime type is nanoseconds
+    return column
+
+
+# pandas 2 parses mixed ISO 8601 forms only when told so; pandas 1 always did.
+_ISO8601 = {"format": "ISO8601"} if int(pd.__version__.split(".")[0]) >= 2 else {}
+
+
+def encode_predictions(predictions: Any, unwrapped: bool = False) -> bytes:
+    """MLflow's response: {"predictions": ...} (frames as records), or the bare value."""
+    value = jsonable(predictions)
+    body = value if unwrapped else {"predictions": value}
+    return json.dumps(body, default=_json_default).encode()
 
 
 def jsonable(value: Any) -> Any:
@@ -138,20 +296,55 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, pd.Series):
         return pd.DataFrame(value).to_dict(orient="records")
     if isinstance(value, np.ndarray):
-        return value.tolist()
+        return _array_value(value)
     return value
 
 
+def _array_value(array: np.ndarray) -> Any:
+    if array.dtype == object or array.dtype.kind in ("S", "M", "m"):
+        return [
+            _json_default(item) if not _is_json_native(item) else item for item in array.tolist()
+        ]
+    return array.tolist()
+
+
+def _is_json_native(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool, list, dict))
+
+
 def _json_default(value: Any) -> Any:
+    """The conversions MLflow's NumpyEncoder makes, for values json cannot encode itself."""
+    if isinstance(value, np.ndarray):
+        return _array_value(value)
     if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (np.ndarray, pd.DataFrame, pd.Series)):
-        return jsonable(value)
+        return value.item() if not isinstance(value, np.datetime64) else str(value)
     if isinstance(value, (bytes, bytearray)):
-        return base64.b64encode(value).decode("ascii")
-    if isinstance(value, (dt.datetime, dt.date, pd.Timestamp)):
+        return base64.encodebytes(value).decode("ascii")
+    if isinstance(value, (pd.Timestamp, dt.datetime, dt.date, dt.time)):
         return value.isoformat()
+    if isinstance(value, (pd.DataFrame, pd.Series)):
+        return jsonable(value)
+    if hasattr(value, "model_dump"):  # pydantic models, as MLflow's encoder allows
+        return value.model_dump()
     raise TypeError(f"the model returned a {type(value).__name__}, which has no JSON form")
+
+
+_PANDAS_TYPES = {
+    "boolean": "bool",
+    "integer": "int32",
+    "long": "int64",
+    "float": "float32",
+    "double": "float64",
+    "string": "object",
+}
+
+
+def _media_help(problem: str) -> str:
+    return f"{problem}: use application/json, text/csv, application/csv or {PARQUET}"
+
+
+def _type(value: Any) -> str:
+    return type(value).__name__
 
 
 def _prefix(body: bytes) -> str:
@@ -159,6 +352,6 @@ def _prefix(body: bytes) -> str:
     return repr(text + ("..." if len(body) > _PREFIX else ""))
 
 
-def _first_line(exc: BaseException) -> str:
+def _first_line(exc: BaseException | str) -> str:
     text = str(exc).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:200]

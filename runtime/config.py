@@ -7,27 +7,39 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_PORT = 8080
+_TRUE = ("1", "true", "yes", "on")
 
 
 @dataclass(frozen=True)
 class ServerConfig:
-    model_path: str
+    model_path: str = "/opt/ml/model"
     host: str = "0.0.0.0"
     port: int = DEFAULT_PORT
     workers: int = 1
+    threads: int = 4
     timeout: int = 60
     graceful_timeout: int = 8
+    max_request_bytes: int = 100 * 1024 * 1024
+    log_format: str = "plain"
+    include_traceback: bool = False
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> ServerConfig:
         env = os.environ if environ is None else environ
+        log_format = env.get("MLIMG_LOG_FORMAT", "plain").strip().lower()
+        if log_format not in ("plain", "json"):
+            raise ValueError(f"MLIMG_LOG_FORMAT must be 'plain' or 'json', not {log_format!r}")
         return cls(
             model_path=env.get("MLIMG_MODEL_PATH", "/opt/ml/model"),
             host=env.get("MLIMG_HOST", "0.0.0.0"),
             port=_positive_int(env, "PORT", DEFAULT_PORT),
             workers=_positive_int(env, "MLIMG_WORKERS", available_cpus()),
+            threads=_positive_int(env, "MLIMG_THREADS", 4),
             timeout=_positive_int(env, "MLIMG_TIMEOUT", 60),
             graceful_timeout=_positive_int(env, "MLIMG_GRACEFUL_TIMEOUT", 8),
+            max_request_bytes=_positive_int(env, "MLIMG_MAX_REQUEST_BYTES", cls.max_request_bytes),
+            log_format=log_format,
+            include_traceback=env.get("MLIMG_INCLUDE_TRACEBACK", "").strip().lower() in _TRUE,
         )
 
 
@@ -61,7 +73,7 @@ def _cgroup_quota(root: Path) -> int | None:
 
 def _positive_int(env: dict[str, str], name: str, default: int) -> int:
     raw = env.get(name)
-    if raw is None or raw == "":
+    if raw is None or raw.strip() == "":
         return default
     try:
         value = int(raw)

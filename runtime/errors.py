@@ -2,29 +2,50 @@
 
 from __future__ import annotations
 
+# MLflow's error codes for the statuses the runtime answers (mlflow.exceptions).
+ERROR_CODES = {
+    400: "BAD_REQUEST",
+    404: "ENDPOINT_NOT_FOUND",
+    405: "BAD_REQUEST",
+    413: "BAD_REQUEST",
+    415: "BAD_REQUEST",
+    500: "INTERNAL_ERROR",
+    503: "TEMPORARILY_UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def error_code(status: int) -> str:
+    return ERROR_CODES.get(status, "BAD_REQUEST" if status < 500 else "INTERNAL_ERROR")
+
 
 class ScoringError(Exception):
     status = 500
-    error_code = "INTERNAL_ERROR"
 
     def __init__(self, message: str):
         super().__init__(message)
         self.message = message
 
-    def to_json(self) -> dict[str, str]:
-        return {"error_code": self.error_code, "message": self.message}
+    @property
+    def error_code(self) -> str:
+        return error_code(self.status)
 
 
 class BadRequest(ScoringError):
     status = 400
-    error_code = "BAD_REQUEST"
 
 
 class UnsupportedMediaType(ScoringError):
     status = 415
-    error_code = "BAD_REQUEST"
 
 
 class PredictionFailed(ScoringError):
     status = 500
-    error_code = "INTERNAL_ERROR"
+
+
+class ModelLoading(ScoringError):
+    status = 503
+
+
+class RequestTimeout(ScoringError):
+    status = 504

@@ -1,15 +1,26 @@
-"""Start-up: load the model once, then serve it with gunicorn (forked workers share the model)."""
+"""Start-up: bind first, answer 503 while the model loads, then serve it with gunicorn.
+
+The master process binds the port and starts its workers at once, so an orchestrator can tell
+"starting" (503 on /ping) from "dead" (no answer). Meanwhile the master loads the model, once;
+when it is loaded the master replaces its workers with new ones forked from it, which share the
+loaded model's memory copy-on-write. A model that fails to load stops the server with exit 1.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
+import threading
+import time
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from mlimg_runtime.app import create_app
+from mlimg_runtime.app import ServedModel, create_app
 from mlimg_runtime.config import ServerConfig
+from mlimg_runtime.logs import AccessLogger, JsonAccessLogger, configure_logging
 
 log = logging.getLogger("mlimg_runtime")
 
@@ -22,7 +33,8 @@ class _Gunicorn(BaseApplication):
 
     def load_config(self) -> None:
         for key, value in self._options.items():
-            self.cfg.set(key, value)
+            if key in self.cfg.settings:  # older gunicorns lack some settings
+                self.cfg.set(key, value)
 
     def load(self) -> Any:
         return self._app
@@ -36,34 +48,74 @@ def load_model(path: str) -> tuple[Any, str | None]:
     return mlflow.pyfunc.load_model(path), getattr(mlflow, "__version__", None)
 
 
-def main() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        config = ServerConfig.from_env()
-    except ValueError as exc:
-        log.error("bad configuration: %s", exc)
-        sys.exit(2)
-    try:
-        model, mlflow_version = load_model(config.model_path)
-    except Exception as exc:
-        log.error(
-            "could not load the model at %s: %s: %s", config.model_path, type(exc).__name__, exc
-        )
-        sys.exit(1)
-    log.info("model loaded from %s; serving on %s:%d", config.model_path, config.host, config.port)
-    app = create_app(model, mlflow_version)
-    options = {
+class _ModelLoader:
+    """Loads the model in the gunicorn master, then has the arbiter replace its workers."""
+
+    def __init__(self, served: ServedModel, path: str):
+        self.served = served
+        self.path = path
+        self.failed = False
+
+    def start(self, arbiter: Any) -> None:
+        threading.Thread(
+            target=self._load, args=(arbiter,), name="model-loader", daemon=True
+        ).start()
+
+    def _load(self, arbiter: Any) -> None:
+        started = time.monotonic()
+        try:
+            model, mlflow_version = load_model(self.path)
+        except BaseException as exc:  # any failure to load ends the server, not just this thread
+            log.error("could not load the model at %s: %s: %s", self.path, type(exc).__name__, exc)
+            self.failed = True
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        self.served.set(model, mlflow_version)
+        log.info("model loaded from %s in %.1fs", self.path, time.monotonic() - started)
+        for pid in list(arbiter.WORKERS):  # forked before the model was there: replace them
+            arbiter.kill_worker(pid, signal.SIGTERM)
+
+
+def gunicorn_options(config: ServerConfig, loader: _ModelLoader) -> dict[str, Any]:
+    return {
         "bind": f"{config.host}:{config.port}",
         "workers": config.workers,
         "worker_class": "gthread",
-        "threads": 2,
-        "timeout": config.timeout,
+        "threads": config.threads,
+        # gunicorn's own timeout is a backstop: requests get 504 after config.timeout.
+        "timeout": config.timeout + 30,
         "graceful_timeout": config.graceful_timeout,
         "keepalive": 5,
         "accesslog": "-",
         "errorlog": "-",
-        "preload_app": True,
+        "access_log_format": '%(h)s "%(r)s" %(s)s %(b)s %(M)sms',
+        "logger_class": JsonAccessLogger if config.log_format == "json" else AccessLogger,
+        "when_ready": loader.start,
+        "control_socket_disable": True,
     }
-    _Gunicorn(app, options).run()
+
+
+def main() -> None:
+    try:
+        config = ServerConfig.from_env()
+    except ValueError as exc:
+        configure_logging("plain")
+        log.error("bad configuration: %s", exc)
+        sys.exit(2)
+    configure_logging(config.log_format)
+    served = ServedModel()
+    loader = _ModelLoader(served, config.model_path)
+    app = create_app(served, config)
+    log.info(
+        "serving %s on %s:%d with %d worker(s); loading the model",
+        config.model_path,
+        config.host,
+        config.port,
+        config.workers,
+    )
+    try:
+        _Gunicorn(app, gunicorn_options(config, loader)).run()
+    except SystemExit as exc:
+        if loader.failed:
+            sys.exit(1)
+        raise exc

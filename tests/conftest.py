@@ -32,3 +32,24 @@ def example_model() -> Path:
 def ca_cert() -> Path:
     """The CA bundle the host's pip trusts: what a container needs to reach the index here."""
     return Path(os.environ.get("PIP_CERT") or "/etc/ssl/certs/ca-certificates.crt")
+
+
+@pytest.fixture(scope="session")
+def protocol_models(tmp_path_factory: pytest.TempPathFactory, sklearn_model: Path) -> dict:
+    """Every model of the conformance suite, by name (tests/protocol_models.py)."""
+    from tests.protocol_models import PROTOCOL_MODELS, make_protocol_model
+
+    root = tmp_path_factory.mktemp("protocol")
+    models = {name: make_protocol_model(name, root / name) for name in PROTOCOL_MODELS}
+    models["sklearn"] = sklearn_model
+    return models
+
+
+@pytest.fixture(scope="session")
+def loaded_models(protocol_models: dict) -> dict:
+    """The conformance models loaded with mlflow.pyfunc, once."""
+    import mlflow.pyfunc
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {name: mlflow.pyfunc.load_model(str(path)) for name, path in protocol_models.items()}

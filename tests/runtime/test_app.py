@@ -7,17 +7,23 @@ import mlflow.pyfunc
 import pandas as pd
 import pytest
 
-from mlimg_runtime.app import create_app
+from mlimg_runtime.app import ServedModel, create_app
+
+
+def client_for(model_dir: Path):
+    served = ServedModel()
+    served.set(mlflow.pyfunc.load_model(str(model_dir)), "3.17.2")
+    return create_app(served).test_client()
 
 
 @pytest.fixture(scope="module")
 def sklearn_client(sklearn_model: Path):
-    return create_app(mlflow.pyfunc.load_model(str(sklearn_model)), "3.17.2").test_client()
+    return client_for(sklearn_model)
 
 
 @pytest.fixture(scope="module")
 def pyfunc_client(pyfunc_model: Path):
-    return create_app(mlflow.pyfunc.load_model(str(pyfunc_model)), "3.17.2").test_client()
+    return client_for(pyfunc_model)
 
 
 def iris_frame() -> pd.DataFrame:

@@ -1,0 +1,74 @@
+"""Logging: plain text, or JSON lines (MLIMG_LOG_FORMAT=json) for log collectors.
+
+Access lines carry method, path, status and latency; gunicorn's own messages and the
+runtime's go through the same formatter, so a JSON deployment gets only JSON lines.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+from typing import Any
+
+from gunicorn.glogging import Logger
+
+PLAIN_FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "pid": record.process,
+            "message": record.getMessage(),
+        }
+        line.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def configure_logging(log_format: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter() if log_format == "json" else logging.Formatter(PLAIN_FORMAT)
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    logging.captureWarnings(True)  # a library's warnings become log lines in the same format
+
+
+class AccessLogger(Logger):
+    """gunicorn's logger, writing JSON lines when MLIMG_LOG_FORMAT=json."""
+
+    json_lines = False
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        if self.json_lines:
+            for log in (self.error_log, self.access_log):
+                for handler in log.handlers:
+                    handler.setFormatter(JsonFormatter())
+
+    def access(self, resp: Any, req: Any, environ: dict, request_time: dt.timedelta) -> None:
+        if not self.json_lines:
+            super().access(resp, req, environ, request_time)
+            return
+        status = getattr(resp, "status_code", None) or str(getattr(resp, "status", "")).split()[0]
+        fields = {
+            "method": environ.get("REQUEST_METHOD"),
+            "path": environ.get("PATH_INFO"),
+            "status": int(status) if str(status).isdigit() else status,
+            "latency_ms": round(request_time.total_seconds() * 1000, 3),
+            "remote": environ.get("REMOTE_ADDR"),
+        }
+        self.access_log.info("request", extra={"fields": fields})
+
+
+class JsonAccessLogger(AccessLogger):
+    json_lines = True
