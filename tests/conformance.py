@@ -237,6 +237,33 @@ MORE_FORMS = [
     ),
 ]
 
+MORE_FORMS.append(
+    Case(
+        "binary-datetime-and-params-together",
+        "typed",
+        "application/json",
+        _json(
+            {
+                "dataframe_split": {
+                    "columns": ["a", "b", "c"],
+                    "data": [[1, B64[0], "2024-02-29T23:59:59.5-05:00"]],
+                },
+                "params": {"scale": 0.5},
+            }
+        ),
+        pyfunc_input=lambda: (
+            pd.DataFrame(
+                {
+                    "a": [1],
+                    "b": [base64.b64decode(B64[0])],
+                    "c": pd.to_datetime(["2024-03-01 04:59:59.5"]),
+                }
+            ),
+            {"scale": 0.5},
+        ),
+    )
+)
+
 ERRORS = [
     Case("bad-json", "sklearn", "application/json", b"{not json", 400, message="not valid JSON"),
     Case(

@@ -24,6 +24,7 @@ _CODE = {
                     "b": [_describe(value) for value in frame["b"]],
                     "suffix": [params.get("suffix", "") for _ in range(len(frame))],
                     "tags": [len(params.get("tags", [])) for _ in range(len(frame))],
+                    "c": [_describe(v) for v in frame["c"]] if "c" in frame else None,
                 })
 
         def _describe(value):
@@ -98,9 +99,12 @@ def _signature(name: str):
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
     from mlflow.types.schema import Array, Object, Property
 
-    if name in ("binary", "datetime"):
+    if name in ("binary", "datetime", "typed"):
+        columns = [ColSpec("long", "a"), ColSpec("binary" if name == "typed" else name, "b")]
+        if name == "typed":
+            columns.append(ColSpec("datetime", "c"))
         return ModelSignature(
-            inputs=Schema([ColSpec("long", "a"), ColSpec(name, "b")]),
+            inputs=Schema(columns),
             params=ParamSchema(
                 [
                     ParamSpec("scale", "double", 1.0),
@@ -139,6 +143,7 @@ def _signature(name: str):
 
 
 PROTOCOL_MODELS = (
+    "typed",
     "binary",
     "datetime",
     "chat",
@@ -154,7 +159,7 @@ PROTOCOL_MODELS = (
 def make_protocol_model(name: str, dest: Path) -> Path:
     import mlflow.pyfunc
 
-    code_name = "typed" if name in ("binary", "datetime") else name
+    code_name = "typed" if name in ("binary", "datetime", "typed") else name
     code = dest.parent / f"{dest.name}_code.py"
     body = textwrap.dedent(_CODE[code_name])
     code.write_text(
