@@ -79,6 +79,20 @@ def test_raw_llm_payload_splits_params_by_the_param_schema() -> None:
     assert decoded.data == {"messages": [{"role": "user", "content": "hi"}], "n": 2}
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"prompt": "Once upon a time", "max_tokens": 5},
+        {"input": ["embed me", "and me"], "max_tokens": 5},
+    ],
+)
+def test_raw_completions_and_embeddings_payloads(payload: dict) -> None:
+    signature = Signature(param_names=frozenset({"max_tokens"}))
+    decoded = decode_request("application/json", json.dumps(payload).encode(), signature)
+    assert decoded.unwrapped and decoded.params == {"max_tokens": 5}
+    assert decoded.data == {k: v for k, v in payload.items() if k != "max_tokens"}
+
+
 def test_binary_and_datetime_columns_are_decoded() -> None:
     body = json.dumps(
         [
