@@ -15,11 +15,11 @@ import click
 import mlimg
 from mlimg import engine
 from mlimg.errors import MlimgError
-from mlimg.model import LocalModel, load_local_model
-from mlimg.plan import DEFAULT_ENV_MANAGER, ENV_MANAGERS, BuildOptions, BuildPlan, plan_build
-from mlimg.render import render_context
+from mlimg.model import load_local_model
+from mlimg.plan import DEFAULT_ENV_MANAGER, ENV_MANAGERS, BuildOptions, plan_build
+from mlimg.render import RenderedContext, render_context
 from mlimg.smoke import smoke_test
-from mlimg.uris import resolve_model_uri
+from mlimg.uris import open_model
 
 
 def _say(message: str) -> None:
@@ -51,7 +51,8 @@ def _build_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "model_uri",
             required=True,
             metavar="MODEL",
-            help="The model: a local directory holding MLmodel, or a file:// URI.",
+            help="The model: a local directory, or any MLflow model URI (runs:/, models:/, "
+            "mlflow-artifacts:/, s3://, ...; MLFLOW_TRACKING_URI names the tracking server).",
         ),
         click.option(
             "--env-manager",
@@ -96,15 +97,17 @@ def _build_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-def _plan(model_uri: str, **options: Any) -> BuildPlan:
+def _render(model_uri: str, dest: Path, link_model_files: bool, **options: Any) -> RenderedContext:
+    """Resolve the model (downloading a remote one), plan, and write the build context."""
     ca_cert = options.pop("ca_cert")
     if options.pop("no_ca_cert"):
         ca_cert = None
-    model: LocalModel = load_local_model(resolve_model_uri(model_uri))
-    plan = plan_build(model, BuildOptions(ca_cert=ca_cert, **options))
-    if plan.ca_cert is not None:
-        _say(f"trusting the CA bundle {plan.ca_cert} during the build")
-    return plan
+    with open_model(model_uri) as resolved:
+        model = load_local_model(resolved)
+        plan = plan_build(model, BuildOptions(ca_cert=ca_cert, **options))
+        if plan.ca_cert is not None:
+            _say(f"trusting the CA bundle {plan.ca_cert} during the build")
+        return render_context(plan, dest, link_model_files=link_model_files)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -126,8 +129,7 @@ def cli() -> None:
 @_reports_errors
 def generate_dockerfile(model_uri: str, output_dir: Path, **options: Any) -> None:
     """Write a Dockerfile and a self-contained build context for MODEL (no engine needed)."""
-    plan = _plan(model_uri, **options)
-    context = render_context(plan, output_dir)
+    context = _render(model_uri, output_dir, link_model_files=False, **options)
     for notice in context.notices:
         _say(f"note: {notice}")
     _say(f"wrote {context.path}/Dockerfile and its build context")
@@ -159,10 +161,10 @@ def build(
 ) -> None:
     """Build an image for MODEL through the Docker engine, then smoke-test it."""
     engine.check_tag(tag)
-    plan = _plan(model_uri, **options)
     client = engine.connect()
     with tempfile.TemporaryDirectory(prefix="mlimg-context-") as tmp:
-        context = render_context(plan, Path(tmp) / "context", link_model_files=True)
+        context = _render(model_uri, Path(tmp) / "context", link_model_files=True, **options)
+        plan = context.plan
         _say(f"building {tag} from {plan.model.uri} ({plan.env_manager}, {plan.base_image})")
         built = engine.build_image(
             client, context.path, plan.build_args, _say, verbose=verbose, no_cache=no_cache

@@ -36,7 +36,10 @@ class LocalModel:
     mlflow_version: str | None = None
     model_uuid: str | None = None
     run_id: str | None = None
+    registered_name: str | None = None
     registered_version: str | None = None
+    model_id: str | None = None
+    source: str | None = None
     created: str | None = None
     serving_example: Any = None  # a JSON payload for /invocations, or None
     metadata: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -52,6 +55,16 @@ class LocalModel:
 
 def load_local_model(resolved: ResolvedModel) -> LocalModel:
     """Read and check the model directory: MLmodel, pyfunc flavor, environment, example."""
+    try:
+        return _load(resolved)
+    except InvalidModel as exc:
+        if resolved.source is None:
+            raise
+        # A downloaded model is named by the URI it came from, not by its temporary copy.
+        raise type(exc)(str(exc).replace(str(resolved.path), resolved.uri)) from None
+
+
+def _load(resolved: ResolvedModel) -> LocalModel:
     path = resolved.path
     mlmodel = _read_mlmodel(path)
     flavors = mlmodel["flavors"]
@@ -75,7 +88,10 @@ def load_local_model(resolved: ResolvedModel) -> LocalModel:
         mlflow_version=_str_or_none(mlmodel.get("mlflow_version")),
         model_uuid=_str_or_none(mlmodel.get("model_uuid")),
         run_id=resolved.run_id or _str_or_none(mlmodel.get("run_id")),
+        registered_name=resolved.registered_name,
         registered_version=resolved.registered_version,
+        model_id=resolved.model_id or _str_or_none(mlmodel.get("model_id")),
+        source=resolved.source,
         created=_str_or_none(mlmodel.get("utc_time_created")),
         serving_example=_serving_example(path, mlmodel),
         metadata=mlmodel,

@@ -35,6 +35,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 @dataclass(frozen=True)
 class RenderedContext:
+    plan: BuildPlan
     path: Path
     dockerfile: str
     notices: tuple[str, ...]  # what the user must know to build it by hand
@@ -72,7 +73,7 @@ def render_context(plan: BuildPlan, dest: Path, link_model_files: bool = False) 
         _write_environment(plan, tmp / "env")
         _write_mlimg_files(plan, tmp / "mlimg")
         _copy_tree(plan.model.path, tmp / "model", link=link_model_files)
-    return RenderedContext(path=dest, dockerfile=dockerfile, notices=tuple(_notices(plan)))
+    return RenderedContext(plan, dest, dockerfile, notices=tuple(_notices(plan)))
 
 
 def _check_destination(dest: Path) -> None:

@@ -53,3 +53,17 @@ def loaded_models(protocol_models: dict) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return {name: mlflow.pyfunc.load_model(str(path)) for name, path in protocol_models.items()}
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory):
+    """A real tracking server on 127.0.0.1 with model 'mlimg-iris' v1 (champion, Production), v2."""
+    from tests.tracking import register_models, tracking_server
+
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    with tracking_server(tmp_path_factory.mktemp("tracking")) as url:
+        yield register_models(url)
+    if previous is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = previous

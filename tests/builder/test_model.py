@@ -38,11 +38,6 @@ def test_file_instead_of_directory(tmp_path: Path) -> None:
         load(str(tmp_path / "model.pkl"))
 
 
-def test_unsupported_scheme_is_named() -> None:
-    with pytest.raises(ModelNotFound, match="scheme 'runs:' are not supported yet"):
-        load("runs:/0123/model")
-
-
 def test_directory_without_mlmodel(tmp_path: Path) -> None:
     with pytest.raises(InvalidModel, match="has no MLmodel file"):
         load(str(tmp_path))
