@@ -13,7 +13,8 @@ from typing import Any
 import click
 
 import mlimg
-from mlimg import engine
+from mlimg import engine, envs
+from mlimg import host as host_runtime
 from mlimg.errors import MlimgError
 from mlimg.model import load_local_model
 from mlimg.plan import DEFAULT_ENV_MANAGER, ENV_MANAGERS, BuildOptions, plan_build
@@ -187,6 +188,106 @@ def build(
     size = engine.image_size(client, tag)
     size_text = f"{size / 1e6:.0f} MB" if size is not None else "size unknown"
     click.echo(f"{tag}: {size_text}; run it with: docker run -p 5000:8080 {tag}")
+
+
+_MODEL_OPTION = click.option(
+    "-m",
+    "--model-uri",
+    "model_uri",
+    required=True,
+    metavar="MODEL",
+    help="The model: a local directory, or any MLflow model URI.",
+)
+_HOST_ENV_MANAGER = click.option(
+    "--env-manager",
+    type=click.Choice(ENV_MANAGERS),
+    default=DEFAULT_ENV_MANAGER,
+    show_default=True,
+    help="virtualenv, uv or conda: a cached environment made from the model's own "
+    "(conda needs micromamba, mamba or conda on PATH); local: this Python.",
+)
+
+
+@cli.command("serve", context_settings={"help_option_names": ["--help"]})
+@_MODEL_OPTION
+@click.option("-p", "--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+@click.option("-h", "--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option(
+    "-w",
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Worker processes. Default: the CPUs this machine lets the server use.",
+)
+@click.option(
+    "-t",
+    "--timeout",
+    type=click.IntRange(min=1),
+    default=60,
+    show_default=True,
+    help="Seconds a request may take before it is answered 504.",
+)
+@_HOST_ENV_MANAGER
+@_reports_errors
+def serve(
+    model_uri: str, port: int, host: str, workers: int | None, timeout: int, env_manager: str
+) -> None:
+    """Serve MODEL on this machine with the same server as the images."""
+    host_runtime.check_port_free(host, port)
+    with open_model(model_uri) as resolved:
+        model = load_local_model(resolved)
+        env = envs.prepare_environment(model, env_manager, _say)
+        _say(f"serving {model_uri} on http://{host}:{port} (Ctrl-C stops it)")
+        host_runtime.serve(env, model.path, host, port, workers, timeout)
+
+
+@cli.command("predict")
+@_MODEL_OPTION
+@click.option(
+    "-i",
+    "--input-path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="A CSV or JSON file. Default: standard input.",
+)
+@click.option(
+    "-o",
+    "--output-path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where predictions go: CSV if the name ends in .csv, else JSON. Default: standard output.",
+)
+@click.option(
+    "-t",
+    "--content-type",
+    type=click.Choice(("csv", "json")),
+    help="The input's format. Default: csv for a .csv file, else json.",
+)
+@click.option(
+    "--chunk-rows",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="CSV rows read and predicted at a time: what bounds memory on large inputs.",
+)
+@_HOST_ENV_MANAGER
+@_reports_errors
+def predict(
+    model_uri: str,
+    input_path: Path | None,
+    output_path: Path | None,
+    content_type: str | None,
+    chunk_rows: int,
+    env_manager: str,
+) -> None:
+    """Predict on a file with MODEL (batch inference), in the model's environment."""
+    if content_type is None:
+        content_type = "csv" if input_path and input_path.suffix.lower() == ".csv" else "json"
+    with open_model(model_uri) as resolved:
+        model = load_local_model(resolved)
+        env = envs.prepare_environment(model, env_manager, _say)
+        code = host_runtime.predict(
+            env, model.path, input_path, output_path, content_type, chunk_rows
+        )
+    if code != 0:
+        sys.exit(code)
 
 
 def main() -> None:

@@ -33,6 +33,14 @@ class OutputExists(MlimgError):
     """The output directory exists and is not one that mlimg wrote."""
 
 
+class EnvironmentFailed(MlimgError):
+    """The model's environment could not be created on this machine."""
+
+
+class ServerFailed(MlimgError):
+    """The runtime, run on the host, exited with an error."""
+
+
 class EngineUnavailable(MlimgError):
     """No Docker engine answers."""
 

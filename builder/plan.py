@@ -73,8 +73,8 @@ def plan_build(model: LocalModel, options: BuildOptions) -> BuildPlan:
     ):
         if url:
             check_index_url(option, url)
-    runtime_requirements = _runtime_requirements(model)
-    check_runtime_compatible(model.requirements, runtime_requirements)
+    runtime = runtime_requirements(model)
+    check_runtime_compatible(model.requirements, runtime)
     base_image = options.base_image or _default_base_image(model, options.env_manager)
     build_image = CONDA_BUILD_IMAGE if options.env_manager == "conda" else base_image
     return BuildPlan(
@@ -82,7 +82,7 @@ def plan_build(model: LocalModel, options: BuildOptions) -> BuildPlan:
         env_manager=options.env_manager,
         base_image=base_image,
         build_image=build_image,
-        runtime_requirements=tuple(runtime_requirements),
+        runtime_requirements=tuple(runtime),
         labels=image_labels(model, options.env_manager, base_image),
         ca_cert=options.ca_cert,
         pip_index_url=options.pip_index_url,
@@ -150,7 +150,8 @@ def runtime_requirement_lines() -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
-def _runtime_requirements(model: LocalModel) -> list[Requirement]:
+def runtime_requirements(model: LocalModel) -> list[Requirement]:
+    """What the runtime adds to the model's environment, in images and on the host."""
     requirements = [Requirement(line) for line in runtime_requirement_lines()]
     if not any(req.name in _MLFLOW_DISTRIBUTIONS for req in model.requirements):
         # The runtime loads the model through mlflow.pyfunc: bring the skinny client the model

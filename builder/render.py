@@ -27,6 +27,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 import mlimg
 from mlimg.errors import OutputExists
+from mlimg.model import LocalModel
 from mlimg.plan import UV_VERSION, BuildPlan, has_credentials, redact_url
 
 MARKER = "mlimg/context.json"  # marks a directory as one that mlimg wrote (and may replace)
@@ -116,13 +117,12 @@ def _write_environment(plan: BuildPlan, env_dir: Path) -> None:
             env_dir / "build-requirements.txt", [str(req) for req in model.build_requirements]
         )
     if plan.env_manager == "conda":
-        conda_yaml = yaml.safe_dump(conda_environment(plan), sort_keys=False)
+        conda_yaml = yaml.safe_dump(conda_environment(plan.model), sort_keys=False)
         (env_dir / "conda.yaml").write_text(conda_yaml, encoding="utf-8")
 
 
-def conda_environment(plan: BuildPlan) -> dict[str, Any]:
+def conda_environment(model: LocalModel) -> dict[str, Any]:
     """The model's conda.yaml with its pip section replaced by the checked requirements."""
-    model = plan.model
     source = model.conda_env or {}
     deps = [
         dep

@@ -95,8 +95,8 @@ def decode_request(
         if media == JSON:
             return decode_json(body, signature)
         if media == PARQUET:
-            return ModelInput(_cast_columns(decode_parquet(body), signature))
-        return ModelInput(_cast_columns(decode_csv(body, signature), signature))
+            return ModelInput(prepare_frame(decode_parquet(body), signature))
+        return ModelInput(prepare_frame(decode_csv(body, signature), signature))
     except ScoringError:
         raise
     except Exception as exc:  # a decoder's own failure on hostile input is still the client's
@@ -108,12 +108,7 @@ def decode_csv(body: bytes, signature: Signature = NO_SIGNATURE) -> pd.DataFrame
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BadRequest(f"the CSV body is not UTF-8: {exc}") from None
-    # Read typed where the signature names plain columns; binary and datetime are cast after.
-    dtypes = {
-        name: _PANDAS_TYPES[kind]
-        for name, kind in signature.column_types.items()
-        if kind in _PANDAS_TYPES
-    }
+    dtypes = csv_dtypes(signature)
     try:
         frame = pd.read_csv(io.StringIO(text), dtype=dtypes or None)
         names = list(signature.column_types)
@@ -128,6 +123,15 @@ def decode_csv(body: bytes, signature: Signature = NO_SIGNATURE) -> pd.DataFrame
     except (ValueError, TypeError, OverflowError, pd.errors.ParserError) as exc:
         raise BadRequest(f"the CSV body could not be parsed: {_first_line(exc)}") from None
     return frame
+
+
+def csv_dtypes(signature: Signature) -> dict[str, str]:
+    """Read typed where the signature names plain columns; binary and datetime are cast after."""
+    return {
+        name: _PANDAS_TYPES[kind]
+        for name, kind in signature.column_types.items()
+        if kind in _PANDAS_TYPES
+    }
 
 
 def decode_parquet(body: bytes) -> pd.DataFrame:
@@ -150,7 +154,7 @@ def decode_json(body: bytes, signature: Signature = NO_SIGNATURE) -> ModelInput:
         ) from None
     if isinstance(payload, list):
         # The record-oriented list that the protocol document shows for binary and datetimes.
-        return ModelInput(_cast_columns(_records_frame(payload, "the top-level list"), signature))
+        return ModelInput(prepare_frame(_records_frame(payload, "the top-level list"), signature))
     if not isinstance(payload, dict):
         raise BadRequest(f"expected a JSON object or a list of records, got {_prefix(body)}")
     keys = [key for key in FORMAT_KEYS if key in payload]
@@ -173,9 +177,9 @@ def decode_json(body: bytes, signature: Signature = NO_SIGNATURE) -> ModelInput:
         raise BadRequest("'params' must be a JSON object")
     value = payload[key]
     if key == "dataframe_split":
-        data = _cast_columns(_split_frame(value), signature)
+        data = prepare_frame(_split_frame(value), signature)
     elif key == "dataframe_records":
-        data = _cast_columns(_records_frame(value, "'dataframe_records'"), signature)
+        data = prepare_frame(_records_frame(value, "'dataframe_records'"), signature)
     else:
         data = _tensor_input(key, value, signature)
     return ModelInput(data, params)
@@ -233,8 +237,9 @@ def _is_ragged(value: Any) -> bool:
     return len({len(item) for item in value}) > 1
 
 
-def _cast_columns(frame: pd.DataFrame, signature: Signature) -> pd.DataFrame:
-    """Decode what JSON and CSV cannot carry natively: base64 binary, ISO 8601 datetimes."""
+def prepare_frame(frame: pd.DataFrame, signature: Signature) -> pd.DataFrame:
+    """Check a decoded frame and decode what JSON and CSV cannot carry natively: base64
+    binary and ISO 8601 datetime columns."""
     if frame.columns.has_duplicates:
         duplicated = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})[:5]
         raise BadRequest(f"the input names columns more than once: {duplicated}")
@@ -287,7 +292,7 @@ def encode_predictions(predictions: Any, unwrapped: bool = False) -> bytes:
     """MLflow's response: {"predictions": ...} (frames as records), or the bare value."""
     value = jsonable(predictions)
     body = value if unwrapped else {"predictions": value}
-    return json.dumps(body, default=_json_default).encode()
+    return json.dumps(body, default=json_default).encode()
 
 
 def jsonable(value: Any) -> Any:
@@ -303,7 +308,7 @@ def jsonable(value: Any) -> Any:
 def _array_value(array: np.ndarray) -> Any:
     if array.dtype == object or array.dtype.kind in ("S", "M", "m"):
         return [
-            _json_default(item) if not _is_json_native(item) else item for item in array.tolist()
+            json_default(item) if not _is_json_native(item) else item for item in array.tolist()
         ]
     return array.tolist()
 
@@ -312,7 +317,7 @@ def _is_json_native(value: Any) -> bool:
     return value is None or isinstance(value, (str, int, float, bool, list, dict))
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
     """The conversions MLflow's NumpyEncoder makes, for values json cannot encode itself."""
     if isinstance(value, np.ndarray):
         return _array_value(value)

@@ -29,12 +29,24 @@ def tracking_server(root: Path):
     log = open(root / "server.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
         [
-            sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-            "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-            "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts",
-            "--workers", "1",
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{root}/mlflow.db",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--serve-artifacts",
+            "--workers",
+            "1",
         ],
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 120
@@ -89,9 +101,12 @@ def register_models(url: str, name: str = "mlimg-iris") -> Registry:
             with mlflow.start_run():
                 infos.append(
                     mlflow.sklearn.log_model(
-                        model, name="model", registered_model_name=name,
+                        model,
+                        name="model",
+                        registered_model_name=name,
                         signature=infer_signature(features, model.predict(features)),
-                        input_example=features.head(3), serialization_format="skops",
+                        input_example=features.head(3),
+                        serialization_format="skops",
                         pip_requirements=example_requirements(),
                     )
                 )
@@ -101,7 +116,11 @@ def register_models(url: str, name: str = "mlimg-iris") -> Registry:
     first = infos[0]
     logged = client.get_logged_model(first.model_id)
     return Registry(
-        url=url, name=name, run_id=first.run_id, model_id=first.model_id,
+        url=url,
+        name=name,
+        run_id=first.run_id,
+        model_id=first.model_id,
         artifact_location=logged.artifact_location,
-        uuid_v1=first.model_uuid, uuid_v2=infos[1].model_uuid,
+        uuid_v1=first.model_uuid,
+        uuid_v2=infos[1].model_uuid,
     )

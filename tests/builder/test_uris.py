@@ -28,8 +28,14 @@ def test_runs_uri(registry, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("suffix", "version"),
-    [("/1", "1"), ("@champion", "1"), ("/Production", "1"), ("/production", "1"),
-     ("/latest", "2"), ("/2", "2")],
+    [
+        ("/1", "1"),
+        ("@champion", "1"),
+        ("/Production", "1"),
+        ("/production", "1"),
+        ("/latest", "2"),
+        ("/2", "2"),
+    ],
 )
 def test_registered_model_uris(registry, tmp_path: Path, suffix: str, version: str) -> None:
     model = load(f"models:/{registry.name}{suffix}", tmp_path)
@@ -82,9 +88,20 @@ def test_artifact_path_without_mlmodel(registry, tmp_path: Path) -> None:
 
 def test_cli_records_the_resolved_origin_in_labels(registry, tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "mlimg", "generate-dockerfile", "-m",
-         f"models:/{registry.name}@champion", "-d", str(tmp_path / "out"), "--no-ca-cert"],
-        capture_output=True, text=True, env={**os.environ, "MLFLOW_TRACKING_URI": registry.url},
+        [
+            sys.executable,
+            "-m",
+            "mlimg",
+            "generate-dockerfile",
+            "-m",
+            f"models:/{registry.name}@champion",
+            "-d",
+            str(tmp_path / "out"),
+            "--no-ca-cert",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MLFLOW_TRACKING_URI": registry.url},
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
@@ -100,9 +117,19 @@ def test_unreachable_server_fails_fast_and_cleanly(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "mlimg", "generate-dockerfile", "-m", "models:/anything/1",
-         "-d", str(tmp_path / "out")],
-        capture_output=True, text=True, env={**os.environ, "MLFLOW_TRACKING_URI": url},
+        [
+            sys.executable,
+            "-m",
+            "mlimg",
+            "generate-dockerfile",
+            "-m",
+            "models:/anything/1",
+            "-d",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MLFLOW_TRACKING_URI": url},
         timeout=120,
     )
     assert result.returncode == 1
@@ -123,8 +150,10 @@ def s3_bucket(monkeypatch_module, example_model: Path) -> str:
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
     for name, value in {
-        "MLFLOW_S3_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "mlimg-test",
-        "AWS_SECRET_ACCESS_KEY": "mlimg-test", "AWS_DEFAULT_REGION": "us-east-1",
+        "MLFLOW_S3_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "mlimg-test",
+        "AWS_SECRET_ACCESS_KEY": "mlimg-test",
+        "AWS_DEFAULT_REGION": "us-east-1",
     }.items():
         monkeypatch_module.setenv(name, value)
     s3 = boto3.client("s3", endpoint_url=endpoint)
