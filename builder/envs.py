@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -80,7 +81,7 @@ def prepare_environment(
             f"{len(model.requirements)} requirements in {path}"
         )
         try:
-            _create(model, env_manager, path, report)
+            _create(model, env_manager, path)
         except BaseException:
             shutil.rmtree(path, ignore_errors=True)
             raise
@@ -130,7 +131,7 @@ def _local_environment() -> ModelEnvironment:
     return ModelEnvironment(Path(sys.executable), None, reused=True)
 
 
-def _create(model: LocalModel, env_manager: str, path: Path, report: Callable[[str], None]) -> None:
+def _create(model: LocalModel, env_manager: str, path: Path) -> None:
     """Create the environment at `path`: the model's requirements, then the runtime's under a
     constraint of everything the model installed, as the images do."""
     work = Path(tempfile.mkdtemp(prefix="mlimg-env-"))
@@ -143,38 +144,36 @@ def _create(model: LocalModel, env_manager: str, path: Path, report: Callable[[s
             python = ["--python", str(_python_in(path))]
             _run(
                 [uv, "venv", "--python", model.python_minor, str(path)],
-                report,
                 env,
                 on_fail=_no_python(model),
             )
             requirements = _write_lines(work / "requirements.txt", model.requirements)
-            _run([uv, "pip", "install", *python, "-r", str(requirements)], report, env)
-            frozen = _run([uv, "pip", "list", *python, "--format=freeze"], report, env, True)
+            _run([uv, "pip", "install", *python, "-r", str(requirements)], env)
+            frozen = _run([uv, "pip", "list", *python, "--format=freeze"], env, capture=True)
             constraints.write_text(frozen)
             _run(
                 [uv, "pip", "install", *python, "-c", str(constraints), "-r", str(runtime)],
-                report,
                 env,
             )
             return
         if env_manager == "conda":
-            _create_conda(model, path, work, report)  # its pip section holds the requirements
+            _create_conda(model, path, work)  # its pip section holds the requirements
         else:
             _create_virtualenv(path, model)
         pip = [str(_python_in(path)), "-m", "pip", "--disable-pip-version-check"]
         if env_manager == "virtualenv":
             if model.build_requirements:
                 build = _write_lines(work / "build-requirements.txt", model.build_requirements)
-                _run([*pip, "install", "-r", str(build)], report)
+                _run([*pip, "install", "-r", str(build)])
             requirements = _write_lines(work / "requirements.txt", model.requirements)
-            _run([*pip, "install", "-r", str(requirements)], report)
-        constraints.write_text(_run([*pip, "list", "--format=freeze"], report, capture=True))
-        _run([*pip, "install", "-c", str(constraints), "-r", str(runtime)], report)
+            _run([*pip, "install", "-r", str(requirements)])
+        constraints.write_text(_run([*pip, "list", "--format=freeze"], capture=True))
+        _run([*pip, "install", "-c", str(constraints), "-r", str(runtime)])
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _create_conda(model: LocalModel, path: Path, work: Path, report: Callable[[str], None]) -> None:
+def _create_conda(model: LocalModel, path: Path, work: Path) -> None:
     """The model's conda.yaml (pip section included) with micromamba, mamba or conda."""
     import yaml
 
@@ -189,7 +188,7 @@ def _create_conda(model: LocalModel, path: Path, work: Path, report: Callable[[s
 
     spec = work / "conda.yaml"
     spec.write_text(yaml.safe_dump(conda_environment(model), sort_keys=False))
-    _run([tool, "create", "--yes", "--prefix", str(path), "--file", str(spec)], report)
+    _run([tool, "create", "--yes", "--prefix", str(path), "--file", str(spec)])
 
 
 def _create_virtualenv(path: Path, model: LocalModel) -> None:
@@ -213,7 +212,6 @@ def _no_python(model: LocalModel) -> str:
 
 def _run(
     command: list[str],
-    report: Callable[[str], None],
     env: dict[str, str] | None = None,
     capture: bool = False,
     on_fail: str | None = None,
@@ -229,9 +227,9 @@ def _run(
     if result.returncode != 0:
         if on_fail:
             raise EnvironmentFailed(on_fail)
+        shown = shlex.join([Path(command[0]).name, *command[1:]])
         raise EnvironmentFailed(
-            f"'{' '.join(Path(command[0]).name if i == 0 else c for i, c in enumerate(command))}' "
-            f"failed with exit code {result.returncode} (its output is above)"
+            f"'{shown}' failed with exit code {result.returncode} (its output is above)"
         )
     return result.stdout if capture else ""
 
