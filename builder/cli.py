@@ -3,10 +3,11 @@ order, and turn domain errors into one message and an exit code."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import mlimg
 from mlimg import engine, envs
 from mlimg import host as host_runtime
 from mlimg.errors import MlimgError
-from mlimg.model import load_local_model
+from mlimg.model import LocalModel, load_local_model
 from mlimg.plan import DEFAULT_ENV_MANAGER, ENV_MANAGERS, BuildOptions, plan_build
 from mlimg.render import RenderedContext, render_context
 from mlimg.smoke import smoke_test
@@ -190,6 +191,16 @@ def build(
     click.echo(f"{tag}: {size_text}; run it with: docker run -p 5000:8080 {tag}")
 
 
+@contextlib.contextmanager
+def _model_environment(
+    model_uri: str, env_manager: str
+) -> Iterator[tuple[LocalModel, envs.ModelEnvironment]]:
+    """The model (downloaded while in use, if remote) and the environment that runs it."""
+    with open_model(model_uri) as resolved:
+        model = load_local_model(resolved)
+        yield model, envs.prepare_environment(model, env_manager, _say)
+
+
 _MODEL_OPTION = click.option(
     "-m",
     "--model-uri",
@@ -233,9 +244,7 @@ def serve(
 ) -> None:
     """Serve MODEL on this machine with the same server as the images."""
     host_runtime.check_port_free(host, port)
-    with open_model(model_uri) as resolved:
-        model = load_local_model(resolved)
-        env = envs.prepare_environment(model, env_manager, _say)
+    with _model_environment(model_uri, env_manager) as (model, env):
         _say(f"serving {model_uri} on http://{host}:{port} (Ctrl-C stops it)")
         host_runtime.serve(env, model.path, host, port, workers, timeout)
 
@@ -280,9 +289,7 @@ def predict(
     """Predict on a file with MODEL (batch inference), in the model's environment."""
     if content_type is None:
         content_type = "csv" if input_path and input_path.suffix.lower() == ".csv" else "json"
-    with open_model(model_uri) as resolved:
-        model = load_local_model(resolved)
-        env = envs.prepare_environment(model, env_manager, _say)
+    with _model_environment(model_uri, env_manager) as (model, env):
         code = host_runtime.predict(
             env, model.path, input_path, output_path, content_type, chunk_rows
         )
