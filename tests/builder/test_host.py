@@ -18,6 +18,7 @@ import pytest
 from filelock import FileLock
 
 from tests.models import PYFUNC_MLMODEL, write_fake_model
+from tests.probes import answers_ping
 from tests.tracking import free_port
 
 
@@ -38,12 +39,8 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float = 600) -> Non
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, "the server exited"
-        try:
-            with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
+        if answers_ping(url):
+            return
         time.sleep(0.5)
     raise AssertionError("the server did not become ready")
 
@@ -65,11 +62,9 @@ def iris(rows: int = 150) -> pd.DataFrame:
     return pd.concat([data] * (rows // len(data) + 1), ignore_index=True).head(rows)
 
 
-def serve_once(uri: str, cache: Path, registry, *extra: str) -> str:
-    """Start `mlimg serve`, check a prediction, stop it with SIGTERM; returns its log."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    process = mlimg(
+def start_serve(uri: str, port: int, cache: Path, registry, *extra: str) -> subprocess.Popen:
+    """`mlimg serve` in the background, its output collected for the test to read."""
+    return mlimg(
         "serve",
         "-m",
         uri,
@@ -82,6 +77,13 @@ def serve_once(uri: str, cache: Path, registry, *extra: str) -> str:
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def serve_once(uri: str, cache: Path, registry, *extra: str) -> str:
+    """Start `mlimg serve`, check a prediction, stop it with SIGTERM; returns its log."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = start_serve(uri, port, cache, registry, *extra)
     try:
         wait_ready(url, process)
         frame = iris(20)
@@ -111,23 +113,11 @@ def test_serve_waits_for_a_creation_under_way(registry, cache_dir: Path) -> None
     lock = FileLock(str(lock_path))
     lock.acquire()
     port = free_port()
-    process = mlimg(
-        "serve",
-        "-m",
-        uri,
-        "-p",
-        str(port),
-        cache=cache_dir,
-        registry=registry,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = start_serve(uri, port, cache_dir, registry)
     try:
         time.sleep(8)
         assert process.poll() is None
-        with pytest.raises(OSError):
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+        assert not answers_ping(f"http://127.0.0.1:{port}")  # nothing listens yet
         lock.release()
         wait_ready(f"http://127.0.0.1:{port}", process)
         process.send_signal(signal.SIGINT)

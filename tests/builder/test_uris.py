@@ -86,23 +86,20 @@ def test_artifact_path_without_mlmodel(registry, tmp_path: Path) -> None:
         load(f"runs:/{registry.run_id}/no-such-path", tmp_path / "b")
 
 
-def test_cli_records_the_resolved_origin_in_labels(registry, tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mlimg",
-            "generate-dockerfile",
-            "-m",
-            f"models:/{registry.name}@champion",
-            "-d",
-            str(tmp_path / "out"),
-            "--no-ca-cert",
-        ],
+def generate(uri: str, out: Path, tracking_url: str, *extra: str) -> subprocess.CompletedProcess:
+    """`mlimg generate-dockerfile` against the tracking server at `tracking_url`."""
+    return subprocess.run(
+        [sys.executable, "-m", "mlimg", "generate-dockerfile", "-m", uri, "-d", str(out), *extra],
         capture_output=True,
         text=True,
-        env={**os.environ, "MLFLOW_TRACKING_URI": registry.url},
         timeout=120,
+        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_url},
+    )
+
+
+def test_cli_records_the_resolved_origin_in_labels(registry, tmp_path: Path) -> None:
+    result = generate(
+        f"models:/{registry.name}@champion", tmp_path / "out", registry.url, "--no-ca-cert"
     )
     assert result.returncode == 0, result.stderr
     dockerfile = (tmp_path / "out" / "Dockerfile").read_text()
@@ -116,22 +113,7 @@ def test_cli_records_the_resolved_origin_in_labels(registry, tmp_path: Path) -> 
 def test_unreachable_server_fails_fast_and_cleanly(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mlimg",
-            "generate-dockerfile",
-            "-m",
-            "models:/anything/1",
-            "-d",
-            str(tmp_path / "out"),
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "MLFLOW_TRACKING_URI": url},
-        timeout=120,
-    )
+    result = generate("models:/anything/1", tmp_path / "out", url)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert f"the tracking server ({url}) did not answer" in result.stderr

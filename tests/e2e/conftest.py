@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 
 from mlimg import engine
 from mlimg.errors import EngineUnavailable
+from tests.probes import answers_ping
 
 BUILD_TIMEOUT = 1200
 
@@ -74,12 +74,8 @@ def serving(client, image: str, timeout: float = 120.0, **run_options) -> Iterat
             bindings = (container.ports or {}).get("8080/tcp")
             if bindings:
                 port = bindings[0]["HostPort"]
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
+                if answers_ping(f"http://127.0.0.1:{port}"):
+                    break
             time.sleep(0.25)
         else:
             pytest.fail(f"{image} did not answer /ping: {container.logs().decode()[-2000:]}")
