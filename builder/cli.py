@@ -45,17 +45,20 @@ def _reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+_MODEL_OPTION = click.option(
+    "-m",
+    "--model-uri",
+    "model_uri",
+    required=True,
+    metavar="MODEL",
+    help="The model: a local directory, or any MLflow model URI (runs:/, models:/, "
+    "mlflow-artifacts:/, s3://, ...; MLFLOW_TRACKING_URI names the tracking server).",
+)
+
+
 def _build_options(command: Callable[..., Any]) -> Callable[..., Any]:
     options = [
-        click.option(
-            "-m",
-            "--model-uri",
-            "model_uri",
-            required=True,
-            metavar="MODEL",
-            help="The model: a local directory, or any MLflow model URI (runs:/, models:/, "
-            "mlflow-artifacts:/, s3://, ...; MLFLOW_TRACKING_URI names the tracking server).",
-        ),
+        _MODEL_OPTION,
         click.option(
             "--env-manager",
             type=click.Choice(ENV_MANAGERS),
@@ -201,14 +204,6 @@ def _model_environment(
         yield model, envs.prepare_environment(model, env_manager, _say)
 
 
-_MODEL_OPTION = click.option(
-    "-m",
-    "--model-uri",
-    "model_uri",
-    required=True,
-    metavar="MODEL",
-    help="The model: a local directory, or any MLflow model URI.",
-)
 _HOST_ENV_MANAGER = click.option(
     "--env-manager",
     type=click.Choice(ENV_MANAGERS),

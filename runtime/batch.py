@@ -32,7 +32,7 @@ from mlimg_runtime.codecs import (
     jsonable,
     prepare_frame,
 )
-from mlimg_runtime.errors import ScoringError
+from mlimg_runtime.errors import BadRequest, ScoringError
 
 log = logging.getLogger("mlimg_runtime")
 DEFAULT_CHUNK_ROWS = 10_000
@@ -89,13 +89,9 @@ def _csv_chunks(
             yield prepare_frame(chunk, signature), {}
             progress.show(rows)
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        raise _Failure(f"the CSV input could not be read near row {rows}: {exc}") from None
+        raise BadRequest(f"the CSV input could not be read near row {rows}: {exc}") from None
     finally:
         progress.done(rows)
-
-
-class _Failure(ScoringError):
-    status = 400
 
 
 class _CsvWriter:
