@@ -96,6 +96,20 @@ def _build_options(command: Callable[..., Any]) -> Callable[..., Any]:
             envvar="MLIMG_PIP_EXTRA_INDEX_URL",
             help="An extra package index, searched beside the main one.",
         ),
+        click.option(
+            "--full-mlflow",
+            is_flag=True,
+            help="Install the full mlflow package the model pins. By default the image gets "
+            "mlflow-skinny of the same version (about 600 MB less) when the model's flavors "
+            "need nothing more.",
+        ),
+        click.option(
+            "--keep-tests",
+            is_flag=True,
+            help="Keep the test suites that packages ship (tests/ directories in "
+            "site-packages). By default they are left out of the image (about 100 MB for a "
+            "scikit-learn model).",
+        ),
     ]
     for option in reversed(options):
         command = option(command)

@@ -153,10 +153,10 @@ def _build_failure(error: str, tail: collections.deque[str], step: str = "") -> 
             "the base image is neither present in the engine nor pullable from a registry; "
             "pull or build it first, or choose another with --base-image"
         )
-    if "conflicting dependencies" in log or "ResolutionImpossible" in log:
+    if any(sign in log for sign in _RESOLVER_FAILURES):
         lines.append(
-            "the model's environment and mlimg's runtime requirements conflict (see the "
-            "'conflict is caused by' lines below); pin versions that satisfy both"
+            "the model's environment and mlimg's runtime requirements conflict (the "
+            "resolver's explanation is below); pin versions that satisfy both"
         )
     if "CERTIFICATE_VERIFY_FAILED" in log or "certificate verify failed" in log:
         lines.append(
@@ -166,6 +166,15 @@ def _build_failure(error: str, tail: collections.deque[str], step: str = "") -> 
     lines.append("last lines of the build log:")
     lines.extend(f"  {line}" for line in tail)
     return "\n".join(lines)
+
+
+# What pip ("conflict is caused by") and uv ("No solution found") print when they cannot resolve.
+_RESOLVER_FAILURES = (
+    "conflicting dependencies",
+    "ResolutionImpossible",
+    "No solution found",
+    "requirements are unsatisfiable",
+)
 
 
 def _is_noise(line: str) -> bool:

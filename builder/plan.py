@@ -13,15 +13,24 @@ from packaging.requirements import Requirement
 import mlimg
 from mlimg.errors import InvalidOption
 from mlimg.model import LocalModel
-from mlimg.requirements import check_runtime_compatible
+from mlimg.requirements import ModelRequirement, check_runtime_compatible
 
 ENV_MANAGERS = ("virtualenv", "uv", "local", "conda")
-DEFAULT_ENV_MANAGER = "virtualenv"
+DEFAULT_ENV_MANAGER = "uv"
 # conda builds its environment in micromamba's image and runs it on a plain Debian base.
 CONDA_BUILD_IMAGE = "mambaorg/micromamba:2.0.5"
 CONDA_DEFAULT_BASE = "debian:bookworm-slim"
 UV_VERSION = "0.13.9"
 _MLFLOW_DISTRIBUTIONS = {"mlflow", "mlflow-skinny"}
+# Flavors that load with the skinny client plus the pyfunc essentials: for these, images install
+# `mlflow-skinny` at the version the model pins `mlflow` to, and leave out the full package's
+# server, UI and plotting dependencies (about 600 MB). Any other flavor keeps full mlflow.
+SKINNY_FLAVORS = frozenset({
+    "python_function", "sklearn", "xgboost", "lightgbm", "catboost", "statsmodels", "pytorch",
+    "tensorflow", "keras", "onnx", "transformers", "sentence_transformers", "spacy", "prophet",
+    "pmdarima",
+})  # fmt: skip
+_PYFUNC_ESSENTIALS = ("numpy", "pandas")  # what full mlflow brought that pyfunc itself imports
 _PEM_CERTIFICATE = "-----BEGIN CERTIFICATE-----"
 
 
@@ -34,6 +43,8 @@ class BuildOptions:
     ca_cert: Path | None = None
     pip_index_url: str | None = None
     pip_extra_index_url: str | None = None
+    full_mlflow: bool = False  # keep a pinned `mlflow` as it is instead of mlflow-skinny
+    keep_tests: bool = False  # keep the test suites packages ship (tests/ in site-packages)
 
 
 @dataclass(frozen=True)
@@ -44,11 +55,13 @@ class BuildPlan:
     env_manager: str
     base_image: str
     build_image: str
+    requirements: tuple[ModelRequirement, ...]  # the model's, after the mlflow-skinny swap
     runtime_requirements: tuple[Requirement, ...]
     labels: dict[str, str]
     ca_cert: Path | None
     pip_index_url: str | None
     pip_extra_index_url: str | None
+    keep_tests: bool = False
 
     @property
     def build_args(self) -> dict[str, str]:
@@ -73,8 +86,9 @@ def plan_build(model: LocalModel, options: BuildOptions) -> BuildPlan:
     ):
         if url:
             check_index_url(option, url)
+    requirements = environment_requirements(model, options.full_mlflow)
     runtime = runtime_requirements(model)
-    check_runtime_compatible(model.requirements, runtime)
+    check_runtime_compatible(requirements, runtime)
     base_image = options.base_image or _default_base_image(model, options.env_manager)
     build_image = CONDA_BUILD_IMAGE if options.env_manager == "conda" else base_image
     return BuildPlan(
@@ -82,15 +96,52 @@ def plan_build(model: LocalModel, options: BuildOptions) -> BuildPlan:
         env_manager=options.env_manager,
         base_image=base_image,
         build_image=build_image,
+        requirements=tuple(requirements),
         runtime_requirements=tuple(runtime),
-        labels=image_labels(model, options.env_manager, base_image),
+        labels=image_labels(model, options.env_manager, base_image, requirements),
         ca_cert=options.ca_cert,
         pip_index_url=options.pip_index_url,
         pip_extra_index_url=options.pip_extra_index_url,
+        keep_tests=options.keep_tests,
     )
 
 
-def image_labels(model: LocalModel, env_manager: str, base_image: str) -> dict[str, str]:
+def environment_requirements(
+    model: LocalModel, full_mlflow: bool = False
+) -> list[ModelRequirement]:
+    """The requirements an image installs: the model's, with a pinned `mlflow` swapped for
+    `mlflow-skinny` of the same version when every flavor of the model allows it."""
+    requirements = list(model.requirements)
+    if full_mlflow or not set(model.flavors) <= SKINNY_FLAVORS:
+        return requirements
+    swapped: list[ModelRequirement] = []
+    for item in requirements:
+        req = item.requirement
+        if item.name == "mlflow" and not req.extras and req.url is None:
+            skinny = Requirement(str(req).replace(req.name, "mlflow-skinny", 1))
+            swapped.append(ModelRequirement(skinny, f"{item.source} (mlflow, as mlflow-skinny)"))
+        else:
+            swapped.append(item)
+    if swapped == requirements:
+        return requirements
+    named = {item.name for item in requirements}
+    for name in _PYFUNC_ESSENTIALS:
+        if name not in named:
+            swapped.append(ModelRequirement(Requirement(name), "mlflow's own requirements"))
+    return swapped
+
+
+def mlflow_package(requirements: list[ModelRequirement]) -> str | None:
+    """Which mlflow distribution an environment installs, if it names one."""
+    return next((item.name for item in requirements if item.name in _MLFLOW_DISTRIBUTIONS), None)
+
+
+def image_labels(
+    model: LocalModel,
+    env_manager: str,
+    base_image: str,
+    requirements: list[ModelRequirement],
+) -> dict[str, str]:
     labels = {
         "org.opencontainers.image.title": model.name,
         "org.opencontainers.image.description": f"MLflow model {model.uri} served by mlimg",
@@ -108,6 +159,7 @@ def image_labels(model: LocalModel, env_manager: str, base_image: str) -> dict[s
         "mlimg.model.mlflow-version": model.mlflow_version or "",
         "mlimg.python-version": model.python_version,
         "mlimg.env-manager": env_manager,
+        "mlimg.mlflow-package": mlflow_package(requirements) or "",
     }
     return {key: value for key, value in labels.items() if value}
 

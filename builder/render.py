@@ -13,7 +13,7 @@ import shlex
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.resources import as_file, files
@@ -29,6 +29,7 @@ import mlimg
 from mlimg.errors import OutputExists
 from mlimg.model import LocalModel
 from mlimg.plan import UV_VERSION, BuildPlan, has_credentials, redact_url
+from mlimg.requirements import ModelRequirement
 
 MARKER = "mlimg/context.json"  # marks a directory as one that mlimg wrote (and may replace)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -55,6 +56,7 @@ def render_dockerfile(plan: BuildPlan) -> str:
         extra_index_url_default=_arg_default_url(plan.pip_extra_index_url),
         has_build_requirements=bool(plan.model.build_requirements),
         uv_version=UV_VERSION,
+        keep_tests=plan.keep_tests,
         labels=plan.labels,
     )
     return text.rstrip("\n") + "\n"
@@ -111,18 +113,23 @@ def _atomic_directory(dest: Path) -> Iterator[Path]:
 def _write_environment(plan: BuildPlan, env_dir: Path) -> None:
     env_dir.mkdir()
     model = plan.model
-    _write_lines(env_dir / "requirements.txt", [str(req) for req in model.requirements])
+    _write_lines(env_dir / "requirements.txt", [str(req) for req in plan.requirements])
     if model.build_requirements:
         _write_lines(
             env_dir / "build-requirements.txt", [str(req) for req in model.build_requirements]
         )
     if plan.env_manager == "conda":
-        conda_yaml = yaml.safe_dump(conda_environment(plan.model), sort_keys=False)
+        conda_yaml = yaml.safe_dump(conda_environment(model, plan.requirements), sort_keys=False)
         (env_dir / "conda.yaml").write_text(conda_yaml, encoding="utf-8")
 
 
-def conda_environment(model: LocalModel) -> dict[str, Any]:
-    """The model's conda.yaml with its pip section replaced by the checked requirements."""
+def conda_environment(
+    model: LocalModel, requirements: Sequence[ModelRequirement] | None = None
+) -> dict[str, Any]:
+    """The model's conda.yaml with its pip section replaced by the checked requirements
+    (the model's own unless others are given)."""
+    if requirements is None:
+        requirements = model.requirements
     source = model.conda_env or {}
     deps = [
         dep
@@ -133,7 +140,7 @@ def conda_environment(model: LocalModel) -> dict[str, Any]:
         deps.insert(0, f"python={model.python_version}")
     if not any(isinstance(dep, str) and dep.startswith("pip") for dep in deps):
         deps.append("pip")
-    deps.append({"pip": [str(req) for req in model.requirements]})
+    deps.append({"pip": [str(req) for req in requirements]})
     return {
         "name": "mlimg-env",
         "channels": source.get("channels") or ["conda-forge"],

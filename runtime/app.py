@@ -1,8 +1,9 @@
 """The Flask application: four endpoints over one model.
 
-HTTP -> codecs.decode_request -> model.predict -> codecs.encode_predictions -> HTTP, under a
-deadline. Every failure is answered as {"error_code", "message"} with its status; no framework
-error page and no stack trace (unless MLIMG_INCLUDE_TRACEBACK is set) reaches a client.
+HTTP -> codecs.decode_request -> batching.Batcher (row-wise models) or model.predict ->
+codecs.encode_predictions -> HTTP, under a deadline. Every failure is answered as
+{"error_code", "message"} with its status; no framework error page and no stack trace (unless
+MLIMG_INCLUDE_TRACEBACK is set) reaches a client.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import concurrent.futures
 import json
 import logging
 import threading
+import time
 import traceback
 from typing import Any
 
@@ -18,7 +20,14 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from mlimg_runtime import __version__
-from mlimg_runtime.codecs import NO_SIGNATURE, Signature, decode_request, encode_predictions
+from mlimg_runtime.batching import Batcher, row_wise
+from mlimg_runtime.codecs import (
+    NO_SIGNATURE,
+    ModelInput,
+    Signature,
+    decode_request,
+    encode_predictions,
+)
 from mlimg_runtime.config import ServerConfig
 from mlimg_runtime.errors import (
     BadRequest,
@@ -40,10 +49,13 @@ class ServedModel:
         self.model: Any = None
         self.signature: Signature = NO_SIGNATURE
         self.mlflow_version: str | None = None
+        self.row_wise = False  # each row's prediction depends on that row alone
 
     def set(self, model: Any, mlflow_version: str | None) -> None:
         self.signature = Signature.of(model)
         self.mlflow_version = mlflow_version
+        metadata = getattr(model, "metadata", None)
+        self.row_wise = row_wise(getattr(metadata, "flavors", None))
         self.model = model  # last: a request seeing the model sees its signature too
 
     @property
@@ -57,6 +69,17 @@ def create_app(served: ServedModel, config: ServerConfig | None = None) -> Flask
     app = Flask("mlimg_runtime")
     app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
     deadline = _Deadline(config.timeout, config.threads)
+    batcher = Batcher(
+        lambda frame: predict(served.model, frame, {}),
+        max_rows=config.max_batch_rows,
+        max_wait=config.batch_wait_ms / 1000,
+    )
+
+    def batches(model_input: ModelInput) -> bool:
+        wanted = config.batching == "on" or (config.batching == "auto" and served.row_wise)
+        if not wanted or model_input.params or model_input.unwrapped:
+            return False
+        return batcher.accepts(model_input.data)
 
     @app.route("/ping", methods=["GET"])
     @app.route("/health", methods=["GET"])
@@ -74,10 +97,24 @@ def create_app(served: ServedModel, config: ServerConfig | None = None) -> Flask
     def invocations() -> Response:
         if not served.loaded:
             raise ModelLoading("the model is still loading; retry when /ping answers 200")
-        content_type = request.headers.get("Content-Type")
-        body = request.get_data(cache=False)
-        answer = deadline.run(lambda: _answer(served, content_type, body))
-        return Response(answer, status=200, mimetype=_JSON)
+        started = time.monotonic()
+        with batcher.arrival() as arrival:
+            model_input = decode_request(
+                request.headers.get("Content-Type"), request.get_data(cache=False), served.signature
+            )
+            if batches(model_input):
+                try:
+                    predictions = batcher.predict(
+                        model_input.data, deadline.remaining(started), arrival
+                    )
+                except TimeoutError:
+                    raise deadline.exceeded() from None
+            else:
+                arrival.arrived()
+                predictions = deadline.run(
+                    lambda: predict(served.model, model_input.data, model_input.params), started
+                )
+        return Response(_encode(predictions, model_input), status=200, mimetype=_JSON)
 
     @app.errorhandler(ScoringError)
     def scoring_error(error: ScoringError) -> Response:
@@ -96,9 +133,7 @@ def create_app(served: ServedModel, config: ServerConfig | None = None) -> Flask
     return app
 
 
-def _answer(served: ServedModel, content_type: str | None, body: bytes) -> bytes:
-    model_input = decode_request(content_type, body, served.signature)
-    predictions = predict(served.model, model_input.data, model_input.params)
+def _encode(predictions: Any, model_input: ModelInput) -> bytes:
     try:
         return encode_predictions(predictions, unwrapped=model_input.unwrapped)
     except (TypeError, ValueError) as exc:
@@ -125,7 +160,8 @@ def predict(model: Any, data: Any, params: dict[str, Any]) -> Any:
 
 
 class _Deadline:
-    """Runs each request's work in a thread pool so that it can be answered 504 in time.
+    """Waits for each request's prediction no longer than the timeout, counted from the
+    request's start, so that a slow one is answered 504 in time.
 
     Python cannot stop a thread: work that outlives its deadline runs on in the background,
     as it does in MLflow's own server. The pool is made lazily, after the worker has forked.
@@ -137,17 +173,21 @@ class _Deadline:
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
-    def run(self, work: Any) -> Any:
+    def run(self, work: Any, started: float) -> Any:
         future = self._executor().submit(work)
         try:
-            return future.result(timeout=self._timeout)
+            return future.result(timeout=self.remaining(started))
         except concurrent.futures.TimeoutError:
-            log.error(
-                "a request outlived the %ss timeout; it goes on in the background", self._timeout
-            )
-            raise RequestTimeout(
-                f"the request took longer than the {self._timeout:g}s timeout (MLIMG_TIMEOUT)"
-            ) from None
+            raise self.exceeded() from None
+
+    def remaining(self, started: float) -> float:
+        return max(0.0, self._timeout - (time.monotonic() - started))
+
+    def exceeded(self) -> RequestTimeout:
+        log.error("a request outlived the %ss timeout; it goes on in the background", self._timeout)
+        return RequestTimeout(
+            f"the request took longer than the {self._timeout:g}s timeout (MLIMG_TIMEOUT)"
+        )
 
     def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._pool is None:

@@ -139,7 +139,8 @@ def decode_parquet(body: bytes) -> pd.DataFrame:
         return pd.read_parquet(io.BytesIO(body))
     except ImportError:
         raise UnsupportedMediaType(
-            "Parquet input needs pyarrow (or fastparquet) in the model's environment"
+            "Parquet input needs pyarrow (or fastparquet) in the model's environment; mlimg "
+            "images have it when the model requires it or when built with --full-mlflow"
         ) from None
     except (ValueError, OSError, TypeError) as exc:
         raise BadRequest(f"the Parquet body could not be read: {_first_line(exc)}") from None

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_PORT = 8080
+BATCHING_MODES = ("auto", "on", "off")
 _TRUE = ("1", "true", "yes", "on")
 
 
@@ -16,12 +17,15 @@ class ServerConfig:
     host: str = "0.0.0.0"
     port: int = DEFAULT_PORT
     workers: int = 1
-    threads: int = 4
+    threads: int = 8
     timeout: int = 60
     graceful_timeout: int = 8
     max_request_bytes: int = 100 * 1024 * 1024
     log_format: str = "plain"
     include_traceback: bool = False
+    batching: str = "auto"  # auto: on for row-wise flavors (sklearn, xgboost, ...)
+    max_batch_rows: int = 64
+    batch_wait_ms: float = 2.0  # how long a batch may wait for requests still being decoded
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> ServerConfig:
@@ -29,17 +33,24 @@ class ServerConfig:
         log_format = env.get("MLIMG_LOG_FORMAT", "plain").strip().lower()
         if log_format not in ("plain", "json"):
             raise ValueError(f"MLIMG_LOG_FORMAT must be 'plain' or 'json', not {log_format!r}")
+        batching = env.get("MLIMG_BATCHING", "auto").strip().lower()
+        if batching not in BATCHING_MODES:
+            modes = ", ".join(BATCHING_MODES)
+            raise ValueError(f"MLIMG_BATCHING must be one of {modes}, not {batching!r}")
         return cls(
             model_path=env.get("MLIMG_MODEL_PATH", "/opt/ml/model"),
             host=env.get("MLIMG_HOST", "0.0.0.0"),
             port=_positive_int(env, "PORT", DEFAULT_PORT),
             workers=_positive_int(env, "MLIMG_WORKERS", available_cpus()),
-            threads=_positive_int(env, "MLIMG_THREADS", 4),
+            threads=_positive_int(env, "MLIMG_THREADS", cls.threads),
             timeout=_positive_int(env, "MLIMG_TIMEOUT", 60),
             graceful_timeout=_positive_int(env, "MLIMG_GRACEFUL_TIMEOUT", 8),
             max_request_bytes=_positive_int(env, "MLIMG_MAX_REQUEST_BYTES", cls.max_request_bytes),
             log_format=log_format,
             include_traceback=env.get("MLIMG_INCLUDE_TRACEBACK", "").strip().lower() in _TRUE,
+            batching=batching,
+            max_batch_rows=_positive_int(env, "MLIMG_MAX_BATCH_ROWS", cls.max_batch_rows),
+            batch_wait_ms=_non_negative_float(env, "MLIMG_BATCH_WAIT_MS", cls.batch_wait_ms),
         )
 
 
@@ -81,4 +92,17 @@ def _positive_int(env: dict[str, str], name: str, default: int) -> int:
         raise ValueError(f"{name} must be a positive whole number, not {raw!r}") from None
     if value < 1:
         raise ValueError(f"{name} must be a positive whole number, not {raw!r}")
+    return value
+
+
+def _non_negative_float(env: dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of milliseconds, not {raw!r}") from None
+    if not 0 <= value <= 10_000:
+        raise ValueError(f"{name} must be between 0 and 10000 milliseconds, not {raw!r}")
     return value

@@ -101,7 +101,7 @@ def serve_once(uri: str, cache: Path, registry, *extra: str) -> str:
 def test_serve_a_registered_model_in_an_environment_it_made(registry, cache_dir: Path) -> None:
     uri = f"models:/{registry.name}@champion"
     first = serve_once(uri, cache_dir, registry)
-    assert "creating a virtualenv environment with Python 3.11" in first
+    assert "creating a uv environment with Python 3.11" in first  # uv is the default
     second = serve_once(uri, cache_dir, registry)
     assert "reusing the environment" in second and "creating" not in second
 
@@ -298,9 +298,9 @@ def test_port_in_use_is_named(sklearn_model: Path, cache_dir: Path) -> None:
     assert process.returncode != 0 and f"cannot listen on 127.0.0.1:{port}" in err
 
 
-def test_serve_with_uv(sklearn_model: Path, cache_dir: Path) -> None:
-    output = serve_once(str(sklearn_model), cache_dir, None, "--env-manager", "uv")
-    assert "creating a uv environment with Python 3.11" in output
+def test_serve_with_virtualenv(sklearn_model: Path, cache_dir: Path) -> None:
+    output = serve_once(str(sklearn_model), cache_dir, None, "--env-manager", "virtualenv")
+    assert "creating a virtualenv environment with Python 3.11" in output
 
 
 def test_conda_without_a_conda_tool_is_named(sklearn_model: Path, tmp_path: Path) -> None:

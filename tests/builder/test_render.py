@@ -176,3 +176,68 @@ def test_conda_environment_keeps_channels_and_checked_pip_lines(
     assert "scikit-learn==1.9.1" in env["dependencies"][-1]["pip"]
     assert "FROM mambaorg/micromamba:" in context.dockerfile
     assert "\nFROM debian:bookworm-slim\n" in context.dockerfile
+
+
+LANGCHAIN_MLMODEL = PYFUNC_MLMODEL.replace("flavors:\n", "flavors:\n  langchain: {}\n")
+
+
+def test_a_pinned_mlflow_becomes_mlflow_skinny_of_the_same_version(tmp_path: Path) -> None:
+    model = write_fake_model(tmp_path / "m", PYFUNC_MLMODEL, "mlflow==3.17.2\ncloudpickle==3.1.1\n")
+    plan = plan_for(model)
+    assert [str(req) for req in plan.requirements] == [
+        "mlflow-skinny==3.17.2",
+        "cloudpickle==3.1.1",
+        "numpy",
+        "pandas",
+    ]
+    assert plan.labels["mlimg.mlflow-package"] == "mlflow-skinny"
+    context = render_context(plan, tmp_path / "ctx")
+    written = (context.path / "env" / "requirements.txt").read_text().splitlines()
+    assert written == ["mlflow-skinny==3.17.2", "cloudpickle==3.1.1", "numpy", "pandas"]
+
+
+def test_the_swap_keeps_the_models_own_numpy_and_pandas_pins(sklearn_model: Path) -> None:
+    names = [str(req) for req in plan_for(sklearn_model).requirements]
+    assert "mlflow-skinny==3.17.2" in names and "mlflow==3.17.2" not in names
+    assert [name for name in names if name.startswith(("numpy", "pandas"))] == [
+        "numpy==2.4.6",
+        "pandas==3.1.1",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("mlmodel", "requirements", "options"),
+    [
+        (PYFUNC_MLMODEL, "mlflow==3.17.2\n", {"full_mlflow": True}),
+        (LANGCHAIN_MLMODEL, "mlflow==3.17.2\n", {}),  # a flavor that may need full mlflow
+        (PYFUNC_MLMODEL, "mlflow[gateway]==3.17.2\n", {}),  # extras are the full package's
+        (PYFUNC_MLMODEL, "cloudpickle==3.1.1\n", {}),  # nothing to swap
+    ],
+)
+def test_full_mlflow_is_kept_when_asked_or_when_the_model_may_need_it(
+    tmp_path: Path, mlmodel: str, requirements: str, options: dict
+) -> None:
+    model = write_fake_model(tmp_path / "m", mlmodel, requirements)
+    plan = plan_for(model, **options)
+    assert [str(req) for req in plan.requirements] == requirements.split()
+
+
+def test_a_direct_conflict_with_the_runtime_names_the_swapped_line(tmp_path: Path) -> None:
+    model = write_fake_model(tmp_path / "m", PYFUNC_MLMODEL, "mlflow==3.17.2\ngunicorn==19.0\n")
+    with pytest.raises(RequirementConflict, match="gunicorn"):
+        plan_for(model)
+
+
+@pytest.mark.parametrize("env_manager", ENV_MANAGERS)
+def test_test_suites_are_pruned_in_the_install_layer_unless_kept(
+    sklearn_model: Path, env_manager: str
+) -> None:
+    pruned = render_dockerfile(plan_for(sklearn_model, env_manager=env_manager))
+    kept = render_dockerfile(plan_for(sklearn_model, env_manager=env_manager, keep_tests=True))
+    prune = "-type d -name tests -path '*/site-packages/*' -exec rm -rf {} +"
+    assert prune in pruned and prune not in kept
+    at = pruned.index(prune)
+    install_run = pruned[pruned.rindex("\nRUN ", 0, at) : at].strip().splitlines()
+    assert "/tmp/mlimg/env/" in "".join(install_run)  # the RUN that installs the model's env
+    assert all(line.endswith("\\") for line in install_run[:-1])  # the prune is part of it
+    assert install_run[-1].lstrip().startswith("&& find ")

@@ -1,5 +1,5 @@
-"""The uv and local env managers build images that serve the same predictions as pyfunc.
-(virtualenv is the default, exercised by test_build.py; conda's channels are unreachable here,
+"""The virtualenv and local env managers build images that serve the same predictions as
+pyfunc. (uv is the default, exercised by test_build.py; conda's channels are unreachable here,
 so conda is tested by rendering only.)"""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from tests.e2e.conftest import build, serving
 from tests.e2e.test_build import iris_frame, post
 
 
-@pytest.mark.parametrize("env_manager", ["uv", "local"])
+@pytest.mark.parametrize("env_manager", ["virtualenv", "local"])
 def test_env_manager_image_serves_pyfunc_predictions(
     docker_client, sklearn_model: Path, ca_cert: Path, env_manager: str
 ) -> None:

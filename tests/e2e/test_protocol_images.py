@@ -58,6 +58,9 @@ def test_conformance_against_the_image(
     with serving(docker_client, protocol_images[model]) as url:
         for case in CASES_BY_MODEL[model]:
             status, answer = request(f"{url}/invocations", case.body, case.content_type)
+            if case.id == "parquet":  # the image has mlflow-skinny, so no pyarrow: a clear 415
+                assert status == 415 and "--full-mlflow" in answer["message"], answer
+                continue
             check_answer(case, loaded_models[model], status, answer)
         status, answer = request(f"{url}/version")
         assert status == 200 and answer["mlflow_version"] == "3.17.2"

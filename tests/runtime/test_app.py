@@ -1,6 +1,7 @@
 """The Flask app in-process, on real MLflow models, against mlflow.pyfunc's own predictions."""
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -8,12 +9,13 @@ import pandas as pd
 import pytest
 
 from mlimg_runtime.app import ServedModel, create_app
+from mlimg_runtime.config import ServerConfig
 
 
-def client_for(model_dir: Path):
+def client_for(model_dir: Path, config: ServerConfig | None = None):
     served = ServedModel()
     served.set(mlflow.pyfunc.load_model(str(model_dir)), "3.17.2")
-    return create_app(served).test_client()
+    return create_app(served, config).test_client()
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +96,36 @@ def test_invocations_is_post_only(sklearn_client) -> None:
 def test_unknown_path_is_json_404(sklearn_client) -> None:
     response = sklearn_client.get("/nope")
     assert response.status_code == 404 and "error_code" in response.get_json()
+
+
+@pytest.mark.parametrize(
+    ("model_fixture", "batching"), [("sklearn_model", "auto"), ("pyfunc_model", "on")]
+)
+def test_concurrent_requests_in_batches_get_their_own_predictions(
+    request, model_fixture: str, batching: str
+) -> None:
+    """sklearn is batched by default (row-wise); the custom pyfunc only when told to. Either
+    way each of many concurrent requests must get exactly what pyfunc gives for its rows."""
+    model_dir = request.getfixturevalue(model_fixture)
+    config = ServerConfig(batching=batching, batch_wait_ms=1.0)
+    client = client_for(model_dir, config)
+    model = mlflow.pyfunc.load_model(str(model_dir))
+    if model_fixture == "sklearn_model":
+        frame = iris_frame()
+    else:
+        frame = pd.DataFrame({"a": [float(i) for i in range(10)], "b": [i / 4 for i in range(10)]})
+    parts = [frame.iloc[i % 9 : i % 9 + 1 + i % 2] for i in range(120)]
+
+    def expected(part: pd.DataFrame):
+        output = model.predict(part)
+        return output.to_dict(orient="records") if hasattr(output, "to_dict") else output.tolist()
+
+    def ask(part: pd.DataFrame):
+        body = {"dataframe_split": json.loads(part.to_json(orient="split", index=False))}
+        response = client.post("/invocations", json=body)
+        return response.status_code, response.get_json()
+
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(ask, parts))
+    assert [status for status, _ in answers] == [200] * len(parts)
+    assert [answer["predictions"] for _, answer in answers] == [expected(p) for p in parts]

@@ -35,11 +35,32 @@ def test_config_defaults() -> None:
     config = ServerConfig.from_env({})
     assert (config.host, config.port, config.timeout) == ("0.0.0.0", 8080, 60)
     assert config.workers == available_cpus()
+    assert (config.threads, config.batching, config.max_batch_rows, config.batch_wait_ms) == (
+        8,
+        "auto",
+        64,
+        2.0,
+    )
+
+
+def test_batching_settings_from_env() -> None:
+    config = ServerConfig.from_env(
+        {"MLIMG_BATCHING": " OFF ", "MLIMG_MAX_BATCH_ROWS": "16", "MLIMG_BATCH_WAIT_MS": "0.5"}
+    )
+    assert (config.batching, config.max_batch_rows, config.batch_wait_ms) == ("off", 16, 0.5)
 
 
 @pytest.mark.parametrize(
     ("env", "message"),
-    [({"PORT": "http"}, "PORT must be"), ({"MLIMG_WORKERS": "0"}, "MLIMG_WORKERS must be")],
+    [
+        ({"PORT": "http"}, "PORT must be"),
+        ({"MLIMG_WORKERS": "0"}, "MLIMG_WORKERS must be"),
+        ({"MLIMG_BATCHING": "sometimes"}, "MLIMG_BATCHING must be one of auto, on, off"),
+        ({"MLIMG_MAX_BATCH_ROWS": "0"}, "MLIMG_MAX_BATCH_ROWS must be"),
+        ({"MLIMG_BATCH_WAIT_MS": "-1"}, "MLIMG_BATCH_WAIT_MS must be between"),
+        ({"MLIMG_BATCH_WAIT_MS": "nan"}, "MLIMG_BATCH_WAIT_MS must be between"),
+        ({"MLIMG_BATCH_WAIT_MS": "soon"}, "MLIMG_BATCH_WAIT_MS must be a number"),
+    ],
 )
 def test_bad_config(env, message) -> None:
     with pytest.raises(ValueError, match=message):

@@ -1,0 +1,513 @@
+"""mlimg against `mlflow models build-docker`, side by side on one machine, in one run.
+
+    python benchmarks/compare.py                    # 3 rounds, the iris example model
+    python benchmarks/compare.py --rounds 5 --duration 15 --update-readme
+
+For each side, each round: a cold build (no layer cache), a rebuild after a model-only change,
+the size added over the base image, the time from `docker run` to the first successful
+/invocations, throughput and latency at 1 and 16 connections (wrk) and the container's peak
+memory. Rounds alternate which side goes first; the report compares medians. Any non-2xx
+answer or socket error under load, or predictions that differ between the two images, fails
+the run. Writes results/latest.{md,json,png} beside this file.
+
+MLflow's image cannot be told to trust a proxy's CA, so its base is the same base image plus
+the CA bundle and PIP_CERT (built here, tagged python:<tag>-mlimg-bench-ca); mlimg gets the
+bundle through --ca-cert. MLflow's build has no --no-cache, so each round makes that base anew
+(with a label of its own): nothing above it can come from the cache. Both builds are timed as
+the whole command; mlimg's smoke test is skipped so that both do the same work, and timed
+apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+SIDES = ("mlflow", "mlimg")
+MARKER_FILE = "benchmark-revision.txt"  # written into the model copy: a model-only change
+
+# (key, label, unit, better, target ratio mlimg/MLflow or None)
+METRICS = (
+    ("cold_build_s", "Cold build (no cache)", "s", "lower", 0.5),
+    ("rebuild_s", "Rebuild after a model-only change", "s", "lower", 0.3),
+    ("size_added_mb", "Size added over the base image", "MB", "lower", 0.5),
+    ("first_prediction_s", "docker run to first prediction", "s", "lower", 0.5),
+    ("rps_c16", "Throughput, 16 connections", "req/s", "higher", 4.0),
+    ("p50_c16_ms", "p50 latency, 16 connections", "ms", "lower", None),
+    ("p99_c16_ms", "p99 latency, 16 connections", "ms", "lower", None),
+    ("rps_c1", "Throughput, 1 connection", "req/s", "higher", None),
+    ("p50_c1_ms", "p50 latency, 1 connection", "ms", "lower", 0.4),
+    ("p99_c1_ms", "p99 latency, 1 connection", "ms", "lower", None),
+    ("peak_memory_mb", "Container peak memory", "MB", "lower", None),
+)
+
+
+class BenchmarkFailed(Exception):
+    """The run cannot give a fair comparison: a build failed, an answer was wrong, ..."""
+
+
+# ---- pure parts: parsing wrk, summarizing, reporting --------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int  # non-2xx answers plus socket errors
+
+
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def parse_wrk(output: str) -> LoadResult:
+    """The figures of `wrk --latency` output."""
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    p50 = re.search(r"^\s+50%\s+([\d.]+)(us|ms|s|m)\s*$", output, re.M)
+    p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s|m)\s*$", output, re.M)
+    total = re.search(r"(\d+) requests in", output)
+    if not (rps and p50 and p99 and total):
+        raise BenchmarkFailed(f"could not read wrk's output:\n{output}")
+    errors = 0
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    if non_2xx:
+        errors += int(non_2xx.group(1))
+    sockets = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    if sockets:
+        errors += sum(int(n) for n in sockets.groups())
+    return LoadResult(
+        requests_per_s=float(rps.group(1)),
+        p50_ms=float(p50.group(1)) * _UNITS_MS[p50.group(2)],
+        p99_ms=float(p99.group(1)) * _UNITS_MS[p99.group(2)],
+        requests=int(total.group(1)),
+        errors=errors,
+    )
+
+
+def summarize(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Per side and metric, the median over the rounds."""
+    summary: dict[str, dict[str, float]] = {side: {} for side in SIDES}
+    for side in SIDES:
+        for key, *_ in METRICS:
+            values = [r[side][key] for r in rounds if key in r.get(side, {})]
+            if values:
+                summary[side][key] = statistics.median(values)
+    return summary
+
+
+def ratio_row(key: str, summary: dict[str, dict[str, float]]) -> tuple[float | None, str]:
+    """mlimg/MLflow for one metric, and whether it meets its target."""
+    _, _, _, better, target = next(m for m in METRICS if m[0] == key)
+    theirs, ours = summary["mlflow"].get(key), summary["mlimg"].get(key)
+    if not theirs or ours is None:
+        return None, "n/a"
+    ratio = ours / theirs
+    if target is None:
+        return ratio, ""
+    met = ratio >= target if better == "higher" else ratio <= target
+    sign = "≥" if better == "higher" else "≤"
+    return ratio, f"{sign} {target:g}x: {'met' if met else 'MISSED'}"
+
+
+def markdown_table(summary: dict[str, dict[str, float]], rounds: int, note: str) -> str:
+    lines = [
+        f"Medians of {rounds} rounds, {note}.",
+        "",
+        "| Measure | MLflow build-docker | mlimg | mlimg / MLflow | Target |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for key, label, unit, _, _ in METRICS:
+        theirs, ours = summary["mlflow"].get(key), summary["mlimg"].get(key)
+        if theirs is None or ours is None:
+            continue
+        ratio, verdict = ratio_row(key, summary)
+        ratio_text = f"{ratio:.2f}x" if ratio is not None else "n/a"
+        lines.append(
+            f"| {label} | {_fmt(theirs)} {unit} | {_fmt(ours)} {unit} | {ratio_text} | {verdict} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float) -> str:
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def replace_section(text: str, section: str, begin: str, end: str) -> str:
+    """`text` with what lies between the markers `begin` and `end` replaced by `section`."""
+    start, stop = text.find(begin), text.find(end)
+    if start < 0 or stop < start:
+        raise BenchmarkFailed(f"the markers {begin!r} and {end!r} are not in the README")
+    return text[: start + len(begin)] + "\n" + section + text[stop:]
+
+
+# ---- the engine side ----------------------------------------------------------------------
+
+
+@dataclass
+class Setup:
+    client: object
+    model: Path
+    base_image: str
+    mlflow_base: str
+    ca_cert: Path
+    work: Path
+    duration: int
+    log: io.TextIOBase
+    payload: bytes = b""
+    check_payloads: list[bytes] = field(default_factory=list)
+
+
+def tag(side: str) -> str:
+    return f"mlimg-bench/{side}:latest"
+
+
+def prepare(args: argparse.Namespace, work: Path, log: io.TextIOBase) -> Setup:
+    import docker
+    from docker.errors import DockerException, ImageNotFound
+
+    if shutil.which("wrk") is None:
+        raise BenchmarkFailed("wrk is not on PATH: apt-get install wrk")
+    try:
+        client = docker.from_env()
+        client.ping()
+    except DockerException as exc:
+        raise BenchmarkFailed(f"no Docker engine: {exc}") from None
+    try:
+        client.images.get(args.base_image)
+    except ImageNotFound:
+        raise BenchmarkFailed(f"the base image {args.base_image} is not present") from None
+    setup = Setup(client, Path(args.model), args.base_image,
+                  f"{args.base_image}-mlimg-bench-ca", Path(args.ca_cert), work, args.duration,
+                  log)  # fmt: skip
+    setup.payload, setup.check_payloads = payloads(Path(args.model))
+    return setup
+
+
+def fresh_mlflow_base(setup: Setup) -> None:
+    """The base image plus the CA, with a new label: a build on it starts with no cache."""
+    context = setup.work / "mlflow-base"
+    context.mkdir(exist_ok=True)
+    shutil.copyfile(setup.ca_cert, context / "ca.pem")
+    (context / "Dockerfile").write_text(
+        f"FROM {setup.base_image}\n"
+        "COPY ca.pem /etc/mlimg-bench/ca.pem\n"
+        "ENV PIP_CERT=/etc/mlimg-bench/ca.pem\n"
+        f"LABEL mlimg.bench.cold={uuid.uuid4().hex}\n"
+    )
+    setup.client.images.build(path=str(context), tag=setup.mlflow_base, rm=True)
+
+
+def payloads(model: Path) -> tuple[bytes, list[bytes]]:
+    """A one-row request for the load, and requests whose answers must match between sides."""
+    example = json.loads((model / "serving_input_example.json").read_text())
+    checks = [json.dumps(example).encode()]
+    split = example.get("dataframe_split")
+    if not split:
+        return checks[0], checks
+    one_row = {"dataframe_split": {"columns": split["columns"], "data": split["data"][:1]}}
+    many = {"dataframe_split": {"columns": split["columns"], "data": split["data"] * 200}}
+    records = [dict(zip(split["columns"], row, strict=True)) for row in split["data"]]
+    checks += [json.dumps(many).encode(), json.dumps({"dataframe_records": records}).encode()]
+    return json.dumps(one_row).encode(), checks
+
+
+def model_copy(setup: Setup, revision: str) -> Path:
+    """The model with one file changed: what retraining does to a build context."""
+    dest = setup.work / "model"
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(setup.model, dest)
+    (dest / MARKER_FILE).write_text(revision + "\n")
+    return dest
+
+
+def remove_image(setup: Setup, image: str) -> None:
+    """Remove an image by tag or id, and the layers only it used."""
+    from docker.errors import APIError, ImageNotFound
+
+    with contextlib.suppress(ImageNotFound, APIError):
+        setup.client.images.remove(image, force=True)
+
+
+def image_id(setup: Setup, side: str) -> str:
+    return setup.client.images.get(tag(side)).id
+
+
+def build(setup: Setup, side: str, model: Path, no_cache: bool) -> float:
+    """Seconds for the side's whole build command."""
+    if side == "mlflow":
+        # MLflow builds from whatever cache the engine has; a cold build follows remove_image.
+        code = (
+            "import sys, mlflow.models; mlflow.models.build_docker(model_uri=sys.argv[1], "
+            "name=sys.argv[2], env_manager='local', base_image=sys.argv[3])"
+        )
+        command = [sys.executable, "-c", code, str(model), tag(side), setup.mlflow_base]
+    else:
+        command = ["mlimg", "build", "-m", str(model), "-t", tag(side), "--no-smoke-test",
+                   "--ca-cert", str(setup.ca_cert), "--base-image", setup.base_image]  # fmt: skip
+        if no_cache:
+            command.append("--no-cache")
+    started = time.monotonic()
+    result = subprocess.run(command, stdout=setup.log, stderr=subprocess.STDOUT, cwd=setup.work)
+    seconds = time.monotonic() - started
+    if result.returncode != 0:
+        raise BenchmarkFailed(f"the {side} build failed; see {setup.log.name}")
+    return seconds
+
+
+def smoke_test_seconds(setup: Setup, model: Path) -> float:
+    """What mlimg's smoke test adds to a rebuild (not part of the like-for-like figure)."""
+    command = ["mlimg", "build", "-m", str(model), "-t", tag("mlimg"),
+               "--ca-cert", str(setup.ca_cert), "--base-image", setup.base_image]  # fmt: skip
+    started = time.monotonic()
+    result = subprocess.run(command, stdout=setup.log, stderr=subprocess.STDOUT, cwd=setup.work)
+    if result.returncode != 0:
+        raise BenchmarkFailed(f"mlimg build with its smoke test failed; see {setup.log.name}")
+    return time.monotonic() - started
+
+
+def size_added_mb(setup: Setup, side: str) -> float:
+    base = setup.mlflow_base if side == "mlflow" else setup.base_image
+    size = setup.client.images.get(tag(side)).attrs["Size"]
+    return (size - setup.client.images.get(base).attrs["Size"]) / 1e6
+
+
+def post(url: str, body: bytes, timeout: float = 10) -> tuple[int, bytes]:
+    request = urllib.request.Request(
+        url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return 0, b""
+
+
+class Container:
+    """One container of a side's image, its port published on 127.0.0.1 only."""
+
+    def __init__(self, setup: Setup, side: str):
+        self.setup = setup
+        self.started = time.monotonic()
+        self.container = setup.client.containers.run(
+            tag(side), detach=True, ports={"8080/tcp": ("127.0.0.1", None)},
+            labels={"mlimg.bench": "1"},
+        )  # fmt: skip
+        self.url = ""
+
+    def first_prediction(self, timeout: float = 120) -> float:
+        """Seconds from `docker run` to the first 200 from /invocations."""
+        while time.monotonic() - self.started < timeout:
+            if not self.url:
+                self.container.reload()
+                bindings = self.container.ports.get("8080/tcp")
+                if bindings:
+                    self.url = f"http://127.0.0.1:{bindings[0]['HostPort']}"
+            if self.url and post(f"{self.url}/invocations", self.setup.payload, 2)[0] == 200:
+                return time.monotonic() - self.started
+            time.sleep(0.02)
+        raise BenchmarkFailed(f"no prediction within {timeout:.0f}s; logs:\n{self.logs()}")
+
+    def logs(self) -> str:
+        return self.container.logs(tail=30).decode(errors="replace")
+
+    def peak_memory_mb(self) -> float | None:
+        stats = self.container.stats(stream=False).get("memory_stats", {})
+        peak = stats.get("max_usage") or stats.get("usage")  # cgroup v2 keeps no maximum
+        return peak / 1e6 if peak else None
+
+    def remove(self) -> None:
+        self.container.remove(force=True)
+
+
+def load(url: str, body: bytes, connections: int, seconds: int, work: Path) -> LoadResult:
+    script = work / "post.lua"
+    script.write_text(
+        'wrk.method = "POST"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = {json.dumps(body.decode())}\n"
+    )
+    threads = str(min(connections, 2))
+    command = ["wrk", "-t", threads, "-c", str(connections), "-d", f"{seconds}s", "--latency",
+               "-s", str(script), f"{url}/invocations"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
+    if result.returncode != 0:
+        raise BenchmarkFailed(f"wrk failed: {result.stderr}")
+    return parse_wrk(result.stdout)
+
+
+def measure_side(setup: Setup, side: str, starts: int) -> tuple[dict, list]:
+    figures: dict[str, float] = {}
+    if side == "mlflow":
+        fresh_mlflow_base(setup)  # first, so that the old base goes with the old image
+    remove_image(setup, tag(side))
+    run = uuid.uuid4().hex[:8]  # no revision of the model is ever in the cache already
+    figures["cold_build_s"] = build(setup, side, model_copy(setup, f"{run}-cold"), True)
+    cold = image_id(setup, side)
+    figures["rebuild_s"] = build(setup, side, model_copy(setup, f"{run}-rebuild"), False)
+    remove_image(setup, cold)  # superseded: only its own layers go, the cache stays
+    if side == "mlimg":
+        rebuilt = image_id(setup, side)
+        figures["smoke_rebuild_s"] = smoke_test_seconds(setup, model_copy(setup, f"{run}-smoke"))
+        remove_image(setup, rebuilt)
+    figures["size_added_mb"] = size_added_mb(setup, side)
+    firsts = []
+    for _ in range(starts):
+        container = Container(setup, side)
+        try:
+            firsts.append(container.first_prediction())
+        finally:
+            container.remove()
+    figures["first_prediction_s"] = statistics.median(firsts)
+    container = Container(setup, side)
+    try:
+        container.first_prediction()
+        answers = [post(f"{container.url}/invocations", body) for body in setup.check_payloads]
+        load(container.url, setup.payload, 16, 2, setup.work)  # warm-up, not counted
+        for connections in (1, 16):
+            result = load(container.url, setup.payload, connections, setup.duration, setup.work)
+            if result.errors:
+                raise BenchmarkFailed(
+                    f"{side}: {result.errors} errors under load at {connections} connection(s)"
+                )
+            figures[f"rps_c{connections}"] = result.requests_per_s
+            figures[f"p50_c{connections}_ms"] = result.p50_ms
+            figures[f"p99_c{connections}_ms"] = result.p99_ms
+        memory = container.peak_memory_mb()
+        if memory is not None:
+            figures["peak_memory_mb"] = memory
+    finally:
+        container.remove()
+    return figures, answers
+
+
+def same_predictions(answers: dict[str, list[tuple[int, bytes]]]) -> None:
+    for index, (theirs, ours) in enumerate(zip(answers["mlflow"], answers["mlimg"], strict=True)):
+        if theirs[0] != 200 or ours[0] != 200:
+            raise BenchmarkFailed(f"check request {index}: status {theirs[0]} vs {ours[0]}")
+        if json.loads(theirs[1]) != json.loads(ours[1]):
+            raise BenchmarkFailed(
+                f"check request {index}: the predictions differ:\n{theirs[1][:300]!r}\n"
+                f"{ours[1][:300]!r}"
+            )
+
+
+def chart(summary: dict[str, dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [m for m in METRICS if m[0] in summary["mlimg"] and m[0] in summary["mlflow"]]
+    fig, axes = plt.subplots(1, len(keys), figsize=(2.1 * len(keys), 3.6))
+    for axis, (key, label, unit, better, _) in zip(axes, keys, strict=True):
+        values = [summary["mlflow"][key], summary["mlimg"][key]]
+        axis.bar(["MLflow", "mlimg"], values, color=["#8c8c8c", "#1f77b4"])
+        axis.set_title(f"{label}\n({unit}, {better} is better)", fontsize=7)
+        axis.tick_params(labelsize=7)
+    fig.suptitle("mlimg vs mlflow models build-docker (medians)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=str(REPO / "examples" / "iris" / "model"))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=10, help="seconds of each wrk run")
+    parser.add_argument("--starts", type=int, default=2, help="container starts per round")
+    parser.add_argument("--base-image", default="python:3.11-slim")
+    parser.add_argument(
+        "--ca-cert", default=os.environ.get("PIP_CERT") or "/etc/ssl/certs/ca-certificates.crt"
+    )
+    parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--update-readme", action="store_true")
+    args = parser.parse_args()
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rounds: list[dict] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="mlimg-bench-") as tmp,
+        open(out / "build.log", "w") as log,
+    ):
+        try:
+            setup = prepare(args, Path(tmp), log)
+            for round_no in range(args.rounds):
+                order = SIDES if round_no % 2 == 0 else tuple(reversed(SIDES))
+                figures, answers = {}, {}
+                for side in order:
+                    print(f"round {round_no + 1}/{args.rounds}: {side}", flush=True)
+                    figures[side], answers[side] = measure_side(setup, side, args.starts)
+                    print(f"  {json.dumps(figures[side])}", flush=True)
+                same_predictions(answers)
+                rounds.append(figures)
+        except BenchmarkFailed as exc:
+            print(f"benchmark failed: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            remove_containers()
+    summary = summarize(rounds)
+    note = (
+        f"one run on one {os.cpu_count()}-CPU machine, {time.strftime('%Y-%m-%d')}; "
+        "predictions identical on every check request"
+    )
+    table = markdown_table(summary, len(rounds), note)
+    smoke = statistics.median(r["mlimg"]["smoke_rebuild_s"] for r in rounds)
+    table += (
+        f"\nmlimg's rebuild is timed with `--no-smoke-test`, as MLflow tests nothing; "
+        f"`mlimg build` with its smoke test took {smoke:.1f} s (median).\n"
+    )
+    (out / "latest.md").write_text(table)
+    (out / "latest.json").write_text(json.dumps({"rounds": rounds, "median": summary}, indent=2))
+    chart(summary, out / "latest.png")
+    print(table)
+    if args.update_readme:
+        readme = REPO / "README.md"
+        readme.write_text(
+            replace_section(
+                readme.read_text(), table, "<!-- benchmark:begin -->", "<!-- benchmark:end -->"
+            )
+        )
+    return 0
+
+
+def remove_containers() -> None:
+    """The benchmark's containers go; its images stay for inspection (fixed tags)."""
+    import docker
+    from docker.errors import DockerException
+
+    with contextlib.suppress(DockerException):  # cleanup must not hide the run's own outcome
+        client = docker.from_env()
+        for container in client.containers.list(all=True, filters={"label": "mlimg.bench"}):
+            container.remove(force=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

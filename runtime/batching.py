@@ -1,0 +1,243 @@
+"""Adaptive batching: requests that arrive together are predicted in one call.
+
+A model's `predict` costs nearly the same for one row as for sixty (about 1 ms for an sklearn
+model, most of it schema checks and input validation), so under concurrent load most of the
+work is per call, not per row. Request threads queue their decoded frame in the `Batcher`; a
+batch takes what has queued, up to `max_rows` rows (waiting `max_wait` seconds for more when
+asked to), predicts the frames of the same shape in one call and gives each request its own
+rows back. With `max_wait` 0 nothing is delayed: a batch is whatever queued while the previous
+call ran, so a lone request goes straight through.
+
+Only row-wise models may be batched (a row's prediction must not depend on the other rows);
+`row_wise` says which are. An output that cannot be split per row turns batching off for good,
+and a batch whose call fails is retried request by request so that each gets its own answer.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger("mlimg_runtime")
+
+# Flavors whose predict is a function of each row alone: batching cannot change an answer.
+ROW_WISE_FLAVORS = frozenset({"sklearn", "xgboost", "lightgbm", "catboost"})
+_POLL_SECONDS = 0.0002
+
+
+def row_wise(flavors: Any) -> bool:
+    """Whether a model with these MLmodel flavors predicts each row independently."""
+    return bool(ROW_WISE_FLAVORS & set(flavors or ()))
+
+
+class _Arrival:
+    """One request between its arrival and its queueing (or its leaving without a batch)."""
+
+    def __init__(self, batcher: Batcher) -> None:
+        self._batcher: Batcher | None = batcher
+
+    def arrived(self) -> None:
+        if self._batcher is not None:
+            self._batcher._arrived()
+            self._batcher = None
+
+
+@dataclass
+class _Request:
+    frame: pd.DataFrame
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+    # Set when the result is in, or when the thread that waits for it may lead the next batch:
+    # each waiter is woken for itself alone.
+    turn: threading.Event = field(default_factory=threading.Event)
+
+    def answer(self, result: Any) -> None:
+        self.future.set_result(result)
+        self.turn.set()
+
+    def fail(self, exc: BaseException) -> None:
+        self.future.set_exception(exc)
+        self.turn.set()
+
+    @property
+    def shape_key(self) -> tuple:
+        """Frames batch together only when their columns and types are the same."""
+        return tuple(self.frame.columns), tuple(self.frame.dtypes.tolist())
+
+
+class Batcher:
+    """Predicts frames from many request threads in as few calls as it can.
+
+    There is no batching thread: the first request thread that finds no batch running becomes
+    the leader, predicts what has queued and wakes the others; a thread whose frame is still
+    queued when a batch ends may lead the next. A lone request thus predicts in its own
+    thread, with no hand-off to another, and under load a batch is what queued meanwhile.
+    """
+
+    def __init__(
+        self, predict: Callable[[pd.DataFrame], Any], max_rows: int, max_wait: float
+    ) -> None:
+        self._predict = predict
+        self.max_rows = max_rows
+        self.max_wait = max_wait
+        self.enabled = True  # turned off if the model's output cannot be split per row
+        self._queue: collections.deque[_Request] = collections.deque()
+        self._leading = threading.Lock()
+        self._arriving = 0  # requests being decoded that may join the next batch
+        self._expected = 1  # requests in the last batch: how many to wait for in the next
+        self._count_lock = threading.Lock()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def accepts(self, frame: Any) -> bool:
+        return self.enabled and isinstance(frame, pd.DataFrame) and len(frame) <= self.max_rows
+
+    @contextlib.contextmanager
+    def arrival(self) -> Iterator[_Arrival]:
+        """Marks a request that is being decoded: a batch about to start waits for it (at most
+        `max_wait`) rather than leave it for the next call. A lone request makes nothing wait."""
+        arrival = _Arrival(self)
+        with self._count_lock:
+            self._arriving += 1
+        try:
+            yield arrival
+        finally:
+            arrival.arrived()
+
+    def _arrived(self) -> None:
+        with self._count_lock:
+            self._arriving -= 1
+
+    def predict(self, frame: pd.DataFrame, timeout: float, arrival: _Arrival | None = None) -> Any:
+        """The predictions for `frame` (or what predicting it raised), within `timeout` seconds
+        unless this thread is itself predicting; TimeoutError when they do not come in time."""
+        request = _Request(frame)
+        self._queue.append(request)
+        if arrival is not None:
+            arrival.arrived()
+        deadline = time.monotonic() + timeout
+        while not request.future.done():
+            if self._leading.acquire(blocking=False):
+                try:
+                    self.predict_batch(self._next_batch())
+                finally:
+                    self._leading.release()
+                # Whoever queued first and is still waiting may lead next. A request queued
+                # after this look finds the lock free itself: no request is left behind.
+                if self._queue:
+                    with contextlib.suppress(IndexError):
+                        self._queue[0].turn.set()
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            request.turn.wait(remaining)
+            request.turn.clear()
+        return request.future.result()
+
+    def _next_batch(self) -> list[_Request]:
+        """What has queued; then, while requests are being decoded or fewer have come than
+        in the last batch, what queues within `max_wait` (so a lone client never waits)."""
+        batch = self._take()
+        rows = sum(len(request.frame) for request in batch)
+        deadline = time.monotonic() + self.max_wait
+        while (
+            rows < self.max_rows
+            and (self._arriving > 0 or len(batch) < self._expected)
+            and time.monotonic() < deadline
+        ):
+            # Sleeping releases the GIL, so that the threads decoding requests can queue them.
+            time.sleep(_POLL_SECONDS)
+            more = self._take(self.max_rows - rows)
+            batch += more
+            rows += sum(len(request.frame) for request in more)
+        self._expected = len(batch)
+        return batch
+
+    def _take(self, room: int | None = None) -> list[_Request]:
+        """Queued requests, oldest first, up to `room` rows (the oldest one always, when `room`
+        is not given)."""
+        first = room is None
+        room = self.max_rows if room is None else room
+        taken: list[_Request] = []
+        while self._queue:
+            size = len(self._queue[0].frame)
+            if size > room and (taken or not first):
+                break
+            taken.append(self._queue.popleft())
+            room -= size
+        return taken
+
+    def predict_batch(self, batch: list[_Request]) -> None:
+        """Predict each group of same-shaped frames in one call; never raises."""
+        groups: dict[tuple, list[_Request]] = {}
+        for request in batch:
+            groups.setdefault(request.shape_key, []).append(request)
+        for group in groups.values():
+            if len(group) == 1 or not self.enabled:
+                for request in group:
+                    self._predict_one(request)
+            else:
+                self._predict_group(group)
+
+    def _predict_group(self, group: list[_Request]) -> None:
+        lengths = [len(request.frame) for request in group]
+        try:
+            output = self._predict(pd.concat([r.frame for r in group], ignore_index=True))
+        except Exception:  # retried one by one, so that each request gets its own error
+            for request in group:
+                self._predict_one(request)
+            return
+        parts = split_rows(output, lengths)
+        if parts is None:
+            log.warning(
+                "the model's output (%s) cannot be split per row; batching is off",
+                type(output).__name__,
+            )
+            self.enabled = False
+            for request in group:
+                self._predict_one(request)
+            return
+        for request, part in zip(group, parts, strict=True):
+            request.answer(part)
+
+    def _predict_one(self, request: _Request) -> None:
+        try:
+            result = self._predict(request.frame)
+        except BaseException as exc:  # handed to the request thread that waits for it
+            request.fail(exc)
+        else:
+            request.answer(result)
+
+
+def split_rows(output: Any, lengths: list[int]) -> list[Any] | None:
+    """`output` cut into consecutive parts of `lengths` rows, or None if it has no rows."""
+    total = sum(lengths)
+    if isinstance(output, (pd.DataFrame, pd.Series)) and len(output) == total:
+        cut = output.iloc
+    elif _rows(output) == total:
+        cut = output
+    else:
+        return None
+    parts, start = [], 0
+    for length in lengths:
+        parts.append(cut[start : start + length])
+        start += length
+    return parts
+
+
+def _rows(output: Any) -> int | None:
+    if isinstance(output, np.ndarray) and output.ndim >= 1:
+        return output.shape[0]
+    return len(output) if isinstance(output, list) else None

@@ -1,0 +1,107 @@
+"""The benchmark's own logic: reading wrk, medians, ratios against the targets, the report."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "compare.py"
+_SPEC = importlib.util.spec_from_file_location("compare", _PATH)
+compare = importlib.util.module_from_spec(_SPEC)
+sys.modules["compare"] = compare  # dataclasses look their module up there
+_SPEC.loader.exec_module(compare)
+
+WRK_OUTPUT = """\
+Running 10s test @ http://127.0.0.1:5103/invocations
+  2 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    15.74ms   20.10ms 300.00ms   95.00%
+    Req/Sec   480.00     60.00   600.00     70.00%
+  Latency Distribution
+     50%  850.00us
+     75%   20.00ms
+     90%   30.00ms
+     99%    1.20s
+  9605 requests in 10.00s, 1.50MB read
+Requests/sec:    960.51
+Transfer/sec:    150.00KB
+"""
+
+
+def test_parse_wrk_reads_rate_percentiles_in_any_unit_and_counts() -> None:
+    result = compare.parse_wrk(WRK_OUTPUT)
+    assert result.requests_per_s == 960.51
+    assert result.p50_ms == pytest.approx(0.85)
+    assert result.p99_ms == pytest.approx(1200.0)
+    assert (result.requests, result.errors) == (9605, 0)
+
+
+def test_parse_wrk_counts_non_2xx_answers_and_socket_errors() -> None:
+    output = WRK_OUTPUT.replace(
+        "Requests/sec:",
+        "  Socket errors: connect 0, read 2, write 0, timeout 3\n"
+        "  Non-2xx or 3xx responses: 7\nRequests/sec:",
+    )
+    assert compare.parse_wrk(output).errors == 12
+
+
+def test_parse_wrk_refuses_output_it_cannot_read() -> None:
+    with pytest.raises(compare.BenchmarkFailed, match="could not read"):
+        compare.parse_wrk("unable to connect to 127.0.0.1:1 Connection refused")
+
+
+def rounds_of(values: dict[str, list[tuple[float, float]]]) -> list[dict]:
+    count = len(next(iter(values.values())))
+    return [
+        {
+            "mlflow": {key: pairs[i][0] for key, pairs in values.items()},
+            "mlimg": {key: pairs[i][1] for key, pairs in values.items()},
+        }
+        for i in range(count)
+    ]
+
+
+def test_summary_takes_medians_and_ratios_judge_each_target_its_way() -> None:
+    rounds = rounds_of(
+        {
+            "rps_c16": [(400, 2000), (500, 1500), (450, 1900)],  # higher is better, >= 4x
+            "cold_build_s": [(60, 40), (70, 20), (65, 30)],  # lower is better, <= 0.5x
+            "peak_memory_mb": [(500, 300), (520, 310), (510, 305)],  # no target
+        }
+    )
+    summary = compare.summarize(rounds)
+    assert summary["mlflow"]["rps_c16"] == 450 and summary["mlimg"]["rps_c16"] == 1900
+    assert compare.ratio_row("rps_c16", summary) == (pytest.approx(1900 / 450), "≥ 4x: met")
+    assert compare.ratio_row("cold_build_s", summary) == (pytest.approx(30 / 65), "≤ 0.5x: met")
+    ratio, verdict = compare.ratio_row("peak_memory_mb", summary)
+    assert ratio == pytest.approx(305 / 510) and verdict == ""
+    summary["mlimg"]["cold_build_s"] = 40
+    assert compare.ratio_row("cold_build_s", summary)[1] == "≤ 0.5x: MISSED"
+
+
+def test_markdown_table_lists_measured_figures_only() -> None:
+    summary = compare.summarize(rounds_of({"rps_c1": [(200, 400)], "p50_c1_ms": [(5.0, 2.5)]}))
+    table = compare.markdown_table(summary, 1, "a note")
+    assert table.startswith("Medians of 1 rounds, a note.")
+    assert "| Throughput, 1 connection | 200 req/s | 400 req/s | 2.00x |  |" in table
+    assert "| p50 latency, 1 connection | 5.00 ms | 2.50 ms | 0.50x | ≤ 0.4x: MISSED |" in table
+    assert "Cold build" not in table
+
+
+def test_replace_section_swaps_only_what_lies_between_the_markers() -> None:
+    text = "intro\n<!-- b -->\nold table\n<!-- e -->\nrest\n"
+    assert compare.replace_section(text, "new\n", "<!-- b -->", "<!-- e -->") == (
+        "intro\n<!-- b -->\nnew\n<!-- e -->\nrest\n"
+    )
+    with pytest.raises(compare.BenchmarkFailed, match="markers"):
+        compare.replace_section("no markers", "x", "<!-- b -->", "<!-- e -->")
+
+
+def test_payloads_make_a_one_row_request_and_check_requests(tmp_path: Path) -> None:
+    model = Path(__file__).resolve().parents[2] / "examples" / "iris" / "model"
+    one_row, checks = compare.payloads(model)
+    assert b'"data": [[' in one_row and one_row.count(b"], [") == 0
+    assert len(checks) == 3
