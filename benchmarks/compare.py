@@ -424,13 +424,19 @@ def chart(summary: dict[str, dict[str, float]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     keys = [m for m in METRICS if m[0] in summary["mlimg"] and m[0] in summary["mlflow"]]
-    fig, axes = plt.subplots(1, len(keys), figsize=(2.1 * len(keys), 3.6))
-    for axis, (key, label, unit, better, _) in zip(axes, keys, strict=True):
-        values = [summary["mlflow"][key], summary["mlimg"][key]]
-        axis.bar(["MLflow", "mlimg"], values, color=["#8c8c8c", "#1f77b4"])
-        axis.set_title(f"{label}\n({unit}, {better} is better)", fontsize=7)
+    columns = 4
+    rows = -(-len(keys) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.4 * rows), squeeze=False)
+    for axis in axes.flat[len(keys) :]:
+        axis.set_visible(False)
+    for axis, (key, label, unit, better, target) in zip(axes.flat, keys, strict=False):
+        theirs, ours = summary["mlflow"][key], summary["mlimg"][key]
+        axis.bar(["MLflow", "mlimg"], [theirs, ours], color=["#8c8c8c", "#1f77b4"])
+        goal = f", target {'≥' if better == 'higher' else '≤'} {target:g}x" if target else ""
+        title = f"{label}\n{unit}, {better} is better: {ours / theirs:.2f}x{goal}"
+        axis.set_title(title, fontsize=7)
         axis.tick_params(labelsize=7)
-    fig.suptitle("mlimg vs mlflow models build-docker (medians)", fontsize=9)
+    fig.suptitle("mlimg vs mlflow models build-docker (medians of alternating rounds)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

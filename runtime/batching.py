@@ -150,6 +150,8 @@ class Batcher:
         """What has queued; then, while requests are being decoded or fewer have come than
         in the last batch, what queues within `max_wait` (so a lone client never waits)."""
         batch = self._take()
+        if not batch:  # this thread's request was predicted by the leader that just finished
+            return batch
         rows = sum(len(request.frame) for request in batch)
         deadline = time.monotonic() + self.max_wait
         while (
