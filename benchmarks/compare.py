@@ -35,7 +35,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -177,8 +177,9 @@ class Setup:
     work: Path
     duration: int
     log: io.TextIOBase
-    payload: bytes = b""
-    check_payloads: list[bytes] = field(default_factory=list)
+    payload: bytes  # the one-row request of the load
+    check_payloads: list[bytes]  # requests whose answers must match between the sides
+    wrk_script: Path  # wrk's script, posting `payload`
 
 
 def tag(side: str) -> str:
@@ -200,11 +201,16 @@ def prepare(args: argparse.Namespace, work: Path, log: io.TextIOBase) -> Setup:
         client.images.get(args.base_image)
     except ImageNotFound:
         raise BenchmarkFailed(f"the base image {args.base_image} is not present") from None
-    setup = Setup(client, Path(args.model), args.base_image,
-                  f"{args.base_image}-mlimg-bench-ca", Path(args.ca_cert), work, args.duration,
-                  log)  # fmt: skip
-    setup.payload, setup.check_payloads = payloads(Path(args.model))
-    return setup
+    payload, check_payloads = payloads(Path(args.model))
+    wrk_script = work / "post.lua"
+    wrk_script.write_text(
+        'wrk.method = "POST"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = {json.dumps(payload.decode())}\n"
+    )
+    return Setup(client, Path(args.model), args.base_image, f"{args.base_image}-mlimg-bench-ca",
+                 Path(args.ca_cert), work, args.duration, log, payload, check_payloads,
+                 wrk_script)  # fmt: skip
 
 
 def fresh_mlflow_base(setup: Setup) -> None:
@@ -256,8 +262,9 @@ def image_id(setup: Setup, side: str) -> str:
     return setup.client.images.get(tag(side)).id
 
 
-def build(setup: Setup, side: str, model: Path, no_cache: bool) -> float:
-    """Seconds for the side's whole build command."""
+def build(setup: Setup, side: str, model: Path, no_cache: bool, smoke_test: bool = False) -> float:
+    """Seconds for the side's whole build command; mlimg's smoke test only when asked (it is
+    timed apart: MLflow tests nothing)."""
     if side == "mlflow":
         # MLflow builds from whatever cache the engine has; a cold build follows remove_image.
         code = (
@@ -266,27 +273,19 @@ def build(setup: Setup, side: str, model: Path, no_cache: bool) -> float:
         )
         command = [sys.executable, "-c", code, str(model), tag(side), setup.mlflow_base]
     else:
-        command = ["mlimg", "build", "-m", str(model), "-t", tag(side), "--no-smoke-test",
+        command = ["mlimg", "build", "-m", str(model), "-t", tag(side),
                    "--ca-cert", str(setup.ca_cert), "--base-image", setup.base_image]  # fmt: skip
+        if not smoke_test:
+            command.append("--no-smoke-test")
         if no_cache:
             command.append("--no-cache")
     started = time.monotonic()
     result = subprocess.run(command, stdout=setup.log, stderr=subprocess.STDOUT, cwd=setup.work)
     seconds = time.monotonic() - started
     if result.returncode != 0:
-        raise BenchmarkFailed(f"the {side} build failed; see {setup.log.name}")
+        what = f"{side} build with its smoke test" if smoke_test else f"{side} build"
+        raise BenchmarkFailed(f"the {what} failed; see {setup.log.name}")
     return seconds
-
-
-def smoke_test_seconds(setup: Setup, model: Path) -> float:
-    """What mlimg's smoke test adds to a rebuild (not part of the like-for-like figure)."""
-    command = ["mlimg", "build", "-m", str(model), "-t", tag("mlimg"),
-               "--ca-cert", str(setup.ca_cert), "--base-image", setup.base_image]  # fmt: skip
-    started = time.monotonic()
-    result = subprocess.run(command, stdout=setup.log, stderr=subprocess.STDOUT, cwd=setup.work)
-    if result.returncode != 0:
-        raise BenchmarkFailed(f"mlimg build with its smoke test failed; see {setup.log.name}")
-    return time.monotonic() - started
 
 
 def size_added_mb(setup: Setup, side: str) -> float:
@@ -345,13 +344,7 @@ class Container:
         self.container.remove(force=True)
 
 
-def load(url: str, body: bytes, connections: int, seconds: int, work: Path) -> LoadResult:
-    script = work / "post.lua"
-    script.write_text(
-        'wrk.method = "POST"\n'
-        'wrk.headers["Content-Type"] = "application/json"\n'
-        f"wrk.body = {json.dumps(body.decode())}\n"
-    )
+def load(url: str, script: Path, connections: int, seconds: int) -> LoadResult:
     threads = str(min(connections, 2))
     command = ["wrk", "-t", threads, "-c", str(connections), "-d", f"{seconds}s", "--latency",
                "-s", str(script), f"{url}/invocations"]  # fmt: skip
@@ -373,7 +366,8 @@ def measure_side(setup: Setup, side: str, starts: int) -> tuple[dict, list]:
     remove_image(setup, cold)  # superseded: only its own layers go, the cache stays
     if side == "mlimg":
         rebuilt = image_id(setup, side)
-        figures["smoke_rebuild_s"] = smoke_test_seconds(setup, model_copy(setup, f"{run}-smoke"))
+        smoked = model_copy(setup, f"{run}-smoke")
+        figures["smoke_rebuild_s"] = build(setup, side, smoked, False, smoke_test=True)
         remove_image(setup, rebuilt)
     figures["size_added_mb"] = size_added_mb(setup, side)
     firsts = []
@@ -388,9 +382,9 @@ def measure_side(setup: Setup, side: str, starts: int) -> tuple[dict, list]:
     try:
         container.first_prediction()
         answers = [post(f"{container.url}/invocations", body) for body in setup.check_payloads]
-        load(container.url, setup.payload, 16, 2, setup.work)  # warm-up, not counted
+        load(container.url, setup.wrk_script, 16, 2)  # warm-up, not counted
         for connections in (1, 16):
-            result = load(container.url, setup.payload, connections, setup.duration, setup.work)
+            result = load(container.url, setup.wrk_script, connections, setup.duration)
             if result.errors:
                 raise BenchmarkFailed(
                     f"{side}: {result.errors} errors under load at {connections} connection(s)"

@@ -50,7 +50,7 @@ class ServerConfig:
             include_traceback=env.get("MLIMG_INCLUDE_TRACEBACK", "").strip().lower() in _TRUE,
             batching=batching,
             max_batch_rows=_positive_int(env, "MLIMG_MAX_BATCH_ROWS", cls.max_batch_rows),
-            batch_wait_ms=_non_negative_float(env, "MLIMG_BATCH_WAIT_MS", cls.batch_wait_ms),
+            batch_wait_ms=_milliseconds(env, "MLIMG_BATCH_WAIT_MS", cls.batch_wait_ms),
         )
 
 
@@ -95,7 +95,7 @@ def _positive_int(env: dict[str, str], name: str, default: int) -> int:
     return value
 
 
-def _non_negative_float(env: dict[str, str], name: str, default: float) -> float:
+def _milliseconds(env: dict[str, str], name: str, default: float) -> float:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
