@@ -1,7 +1,8 @@
-"""The Flask application: four endpoints over one model.
+"""The WSGI application: four endpoints over one model.
 
-HTTP -> codecs.decode_request -> batching.Batcher (row-wise models) or model.predict ->
-codecs.encode_predictions -> HTTP, under a deadline. Every failure is answered as
+POST /invocations is plain WSGI (the hot path); /ping, /health, /version and every other path
+are a small Flask app. HTTP -> codecs.decode_request -> batching.Batcher (row-wise models) or
+model.predict -> codecs.encode_predictions -> HTTP, under a deadline. Every failure is answered as
 {"error_code", "message"} with its status; no framework error page and no stack trace (unless
 MLIMG_INCLUDE_TRACEBACK is set) reaches a client.
 """
@@ -9,6 +10,7 @@ MLIMG_INCLUDE_TRACEBACK is set) reaches a client.
 from __future__ import annotations
 
 import concurrent.futures
+import http
 import json
 import logging
 import threading
@@ -25,6 +27,7 @@ from mlimg_runtime.codecs import (
     NO_SIGNATURE,
     ModelInput,
     Signature,
+    as_frame,
     decode_request,
     encode_predictions,
 )
@@ -32,6 +35,7 @@ from mlimg_runtime.config import ServerConfig
 from mlimg_runtime.errors import (
     BadRequest,
     ModelLoading,
+    PayloadTooLarge,
     PredictionFailed,
     RequestTimeout,
     ScoringError,
@@ -63,23 +67,119 @@ class ServedModel:
         return self.model is not None
 
 
-def create_app(served: ServedModel, config: ServerConfig | None = None) -> Flask:
-    """A Flask app answering the MLflow scoring protocol for `served`."""
+def create_app(served: ServedModel, config: ServerConfig | None = None) -> ScoringApp:
+    """The WSGI application answering the MLflow scoring protocol for `served`."""
     config = config or ServerConfig()
-    app = Flask("mlimg_runtime")
-    app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
-    deadline = _Deadline(config.timeout, config.threads)
-    batcher = Batcher(
-        lambda frame: predict(served.model, frame, {}),
-        max_rows=config.max_batch_rows,
-        max_wait=config.batch_wait_ms / 1000,
-    )
+    return ScoringApp(_Scorer(served, config), _control_app(served, config))
 
-    def batches(model_input: ModelInput) -> bool:
-        wanted = config.batching == "on" or (config.batching == "auto" and served.row_wise)
-        if not wanted or model_input.params or model_input.unwrapped:
-            return False
-        return batcher.accepts(model_input.data)
+
+class ScoringApp:
+    """`/invocations` answered as plain WSGI; every other path by a small Flask app.
+
+    Scoring is the one path that is hot: a Flask request context, its request and response
+    objects cost about a fifth of a millisecond per request, as much as decoding a 1-row
+    request does. The rest (/ping, /health, /version, unknown paths) is rare and keeps Flask.
+    """
+
+    def __init__(self, scorer: _Scorer, control: Flask) -> None:
+        self.scorer = scorer
+        self.control = control
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        if environ.get("PATH_INFO") != "/invocations":
+            return self.control(environ, start_response)
+        if environ.get("REQUEST_METHOD") == "POST":
+            status, body = self.scorer.answer(environ)
+        else:
+            status, body = 405, self.scorer.error_body(405, _HTTP_MESSAGES[405])
+        headers = [("Content-Type", _JSON), ("Content-Length", str(len(body)))]
+        if status == 405:
+            headers.append(("Allow", "POST"))
+        start_response(_STATUS_LINES.get(status) or f"{status} Error", headers)
+        return [body]
+
+
+class _Scorer:
+    """Reads, decodes, predicts (batched for row-wise models) and encodes one request."""
+
+    def __init__(self, served: ServedModel, config: ServerConfig) -> None:
+        self.served = served
+        self.config = config
+        self.deadline = _Deadline(config.timeout, config.threads)
+        self.batcher = Batcher(
+            lambda frame: predict(served.model, frame, {}),
+            max_rows=config.max_batch_rows,
+            max_wait=config.batch_wait_ms / 1000,
+        )
+
+    def answer(self, environ: dict[str, Any]) -> tuple[int, bytes]:
+        """The status and JSON body for a POST /invocations; never raises."""
+        try:
+            return 200, self._predictions(environ)
+        except ScoringError as error:
+            return error.status, self.error_body(error.status, error.message, error.__cause__)
+        except Exception as error:
+            log.exception("unexpected error while answering /invocations")
+            return 500, self.error_body(500, "internal error", error)
+
+    def error_body(self, status: int, message: str, cause: BaseException | None = None) -> bytes:
+        return _error_body(status, message, self.config, cause)
+
+    def _predictions(self, environ: dict[str, Any]) -> bytes:
+        served = self.served
+        if not served.loaded:
+            raise ModelLoading("the model is still loading; retry when /ping answers 200")
+        started = time.monotonic()
+        batching = self._batching()
+        with self.batcher.arrival() as arrival:
+            body = _read_body(environ, self.config.max_request_bytes)
+            model_input = decode_request(
+                environ.get("CONTENT_TYPE"), body, served.signature, rows=batching
+            )
+            data = model_input.data
+            if batching and not model_input.params and self.batcher.accepts(data):
+                try:
+                    predictions = self.batcher.predict(
+                        data, self.deadline.remaining(started), arrival
+                    )
+                except TimeoutError:
+                    raise self.deadline.exceeded() from None
+            else:
+                arrival.arrived()
+                data = as_frame(data)
+                predictions = self.deadline.run(
+                    lambda: predict(served.model, data, model_input.params), started
+                )
+        return _encode(predictions, model_input)
+
+    def _batching(self) -> bool:
+        """Whether requests are batched: always, never, or (auto) for row-wise models."""
+        batching = self.config.batching
+        return batching == "on" or (batching == "auto" and self.served.row_wise)
+
+
+def _read_body(environ: dict[str, Any], limit: int) -> bytes:
+    """The request body, at most `limit` bytes (413 beyond), with or without Content-Length."""
+    stream = environ["wsgi.input"]
+    length = environ.get("CONTENT_LENGTH")
+    if not length:  # chunked: read one byte past the limit to tell whether it is over
+        body = stream.read(limit + 1)
+    else:
+        try:
+            size = int(length)
+        except ValueError:
+            raise BadRequest(f"Content-Length is not a number: {length[:40]!r}") from None
+        if size > limit:
+            raise PayloadTooLarge(_HTTP_MESSAGES[413])
+        body = stream.read(size) if size > 0 else b""
+    if len(body) > limit:
+        raise PayloadTooLarge(_HTTP_MESSAGES[413])
+    return body
+
+
+def _control_app(served: ServedModel, config: ServerConfig) -> Flask:
+    """/ping, /health, /version, and JSON errors for every path the runtime does not serve."""
+    app = Flask("mlimg_runtime")
 
     @app.route("/ping", methods=["GET"])
     @app.route("/health", methods=["GET"])
@@ -91,44 +191,24 @@ def create_app(served: ServedModel, config: ServerConfig | None = None) -> Flask
     @app.route("/version", methods=["GET"])
     def version() -> Response:
         body = {"mlflow_version": served.mlflow_version, "mlimg_version": __version__}
-        return _json_response(200, body)
+        return Response(json.dumps(body), status=200, mimetype=_JSON)
 
-    @app.route("/invocations", methods=["POST"])
-    def invocations() -> Response:
-        if not served.loaded:
-            raise ModelLoading("the model is still loading; retry when /ping answers 200")
-        started = time.monotonic()
-        with batcher.arrival() as arrival:
-            model_input = decode_request(
-                request.headers.get("Content-Type"), request.get_data(cache=False), served.signature
-            )
-            if batches(model_input):
-                try:
-                    predictions = batcher.predict(
-                        model_input.data, deadline.remaining(started), arrival
-                    )
-                except TimeoutError:
-                    raise deadline.exceeded() from None
-            else:
-                arrival.arrived()
-                predictions = deadline.run(
-                    lambda: predict(served.model, model_input.data, model_input.params), started
-                )
-        return Response(_encode(predictions, model_input), status=200, mimetype=_JSON)
+    def error_response(status: int, message: str, cause: BaseException | None = None):
+        return Response(_error_body(status, message, config, cause), status=status, mimetype=_JSON)
 
     @app.errorhandler(ScoringError)
     def scoring_error(error: ScoringError) -> Response:
-        return _error_response(error.status, error.message, config, error.__cause__)
+        return error_response(error.status, error.message, error.__cause__)
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:
         status = error.code or 500
-        return _error_response(status, _HTTP_MESSAGES.get(status, error.description), config)
+        return error_response(status, _HTTP_MESSAGES.get(status, error.description))
 
     @app.errorhandler(Exception)
     def unexpected_error(error: Exception) -> Response:
         log.exception("unexpected error while answering %s", request.path)
-        return _error_response(500, "internal error", config, error)
+        return error_response(500, "internal error", error)
 
     return app
 
@@ -206,17 +286,16 @@ _HTTP_MESSAGES = {
 }
 
 
-def _error_response(
+def _error_body(
     status: int, message: str, config: ServerConfig, cause: BaseException | None = None
-) -> Response:
+) -> bytes:
     body = {"error_code": error_code(status), "message": message}
     if config.include_traceback and cause is not None:
         body["stack_trace"] = "".join(traceback.format_exception(cause))
-    return _json_response(status, body)
+    return json.dumps(body).encode()
 
 
-def _json_response(status: int, body: dict[str, Any]) -> Response:
-    return Response(json.dumps(body), status=status, mimetype=_JSON)
+_STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in http.HTTPStatus}
 
 
 def _short(text: str, limit: int = 500) -> str:

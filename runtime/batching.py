@@ -2,7 +2,9 @@
 
 A model's `predict` costs nearly the same for one row as for sixty (about 1 ms for an sklearn
 model, most of it schema checks and input validation), so under concurrent load most of the
-work is per call, not per row. Request threads queue their decoded frame in the `Batcher`; a
+work is per call, not per row. Request threads queue their decoded input (a DataFrame, or the
+`Rows` of a plain `dataframe_split`, which join into one frame at the price of one) in the
+`Batcher`; a
 batch takes what has queued, up to `max_rows` rows (waiting `max_wait` seconds for more when
 asked to), predicts the frames of the same shape in one call and gives each request its own
 rows back. With `max_wait` 0 nothing is delayed: a batch is whatever queued while the previous
@@ -16,17 +18,17 @@ and a batch whose call fails is retried request by request so that each gets its
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from mlimg_runtime.codecs import Rows, as_frame
 
 log = logging.getLogger("mlimg_runtime")
 
@@ -52,26 +54,48 @@ class _Arrival:
             self._batcher = None
 
 
-@dataclass
 class _Request:
-    frame: pd.DataFrame
-    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
-    # Set when the result is in, or when the thread that waits for it may lead the next batch:
-    # each waiter is woken for itself alone.
-    turn: threading.Event = field(default_factory=threading.Event)
+    """One request's input in the queue, and what predicting it gave."""
+
+    __slots__ = ("_turn", "data", "done", "error", "key", "result")
+
+    def __init__(self, data: pd.DataFrame | Rows) -> None:
+        self.data = data
+        # Inputs join a batch only when their columns and types are the same.
+        if isinstance(data, Rows):
+            self.key: tuple = data.key
+        else:
+            self.key = ("frame", tuple(data.columns), tuple(data.dtypes.tolist()))
+        self.done = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+        # Released when the result is in, or when the thread that waits for it may lead the
+        # next batch: each waiter is woken for itself alone. A bare lock, as handing it over
+        # costs a fraction of an Event's.
+        self._turn = threading.Lock()
+        self._turn.acquire()
 
     def answer(self, result: Any) -> None:
-        self.future.set_result(result)
-        self.turn.set()
+        self.result = result
+        self.done = True
+        self.wake()
 
     def fail(self, exc: BaseException) -> None:
-        self.future.set_exception(exc)
-        self.turn.set()
+        self.error = exc
+        self.done = True
+        self.wake()
 
-    @property
-    def shape_key(self) -> tuple:
-        """Frames batch together only when their columns and types are the same."""
-        return tuple(self.frame.columns), tuple(self.frame.dtypes.tolist())
+    def wake(self) -> None:
+        with contextlib.suppress(RuntimeError):  # already woken and not yet waited for
+            self._turn.release()
+
+    def wait(self, timeout: float) -> None:
+        self._turn.acquire(timeout=timeout)
+
+    def outcome(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.result
 
 
 class Batcher:
@@ -100,8 +124,9 @@ class Batcher:
     def queued(self) -> int:
         return len(self._queue)
 
-    def accepts(self, frame: Any) -> bool:
-        return self.enabled and isinstance(frame, pd.DataFrame) and len(frame) <= self.max_rows
+    def accepts(self, data: Any) -> bool:
+        batchable = isinstance(data, (pd.DataFrame, Rows))
+        return self.enabled and batchable and len(data) <= self.max_rows
 
     @contextlib.contextmanager
     def arrival(self) -> Iterator[_Arrival]:
@@ -119,15 +144,17 @@ class Batcher:
         with self._count_lock:
             self._arriving -= 1
 
-    def predict(self, frame: pd.DataFrame, timeout: float, arrival: _Arrival | None = None) -> Any:
-        """The predictions for `frame` (or what predicting it raised), within `timeout` seconds
+    def predict(
+        self, data: pd.DataFrame | Rows, timeout: float, arrival: _Arrival | None = None
+    ) -> Any:
+        """The predictions for `data` (or what predicting it raised), within `timeout` seconds
         unless this thread is itself predicting; TimeoutError when they do not come in time."""
-        request = _Request(frame)
+        request = _Request(data)
         self._queue.append(request)
         if arrival is not None:
             arrival.arrived()
         deadline = time.monotonic() + timeout
-        while not request.future.done():
+        while not request.done:
             if self._leading.acquire(blocking=False):
                 try:
                     self.predict_batch(self._next_batch())
@@ -137,14 +164,13 @@ class Batcher:
                 # after this look finds the lock free itself: no request is left behind.
                 if self._queue:
                     with contextlib.suppress(IndexError):
-                        self._queue[0].turn.set()
+                        self._queue[0].wake()
                 continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError
-            request.turn.wait(remaining)
-            request.turn.clear()
-        return request.future.result()
+            request.wait(remaining)
+        return request.outcome()
 
     def _next_batch(self) -> list[_Request]:
         """What has queued; then, while requests are being decoded or fewer have come than
@@ -152,7 +178,7 @@ class Batcher:
         batch = self._take()
         if not batch:  # this thread's request was predicted by the leader that just finished
             return batch
-        rows = sum(len(request.frame) for request in batch)
+        rows = sum(len(request.data) for request in batch)
         deadline = time.monotonic() + self.max_wait
         while (
             rows < self.max_rows
@@ -163,7 +189,7 @@ class Batcher:
             time.sleep(_POLL_SECONDS)
             more = self._take(self.max_rows - rows)
             batch += more
-            rows += sum(len(request.frame) for request in more)
+            rows += sum(len(request.data) for request in more)
         self._expected = len(batch)
         return batch
 
@@ -174,7 +200,7 @@ class Batcher:
         room = self.max_rows if room is None else room
         taken: list[_Request] = []
         while self._queue:
-            size = len(self._queue[0].frame)
+            size = len(self._queue[0].data)
             if size > room and (taken or not first):
                 break
             taken.append(self._queue.popleft())
@@ -185,7 +211,7 @@ class Batcher:
         """Predict each group of same-shaped frames in one call; never raises."""
         groups: dict[tuple, list[_Request]] = {}
         for request in batch:
-            groups.setdefault(request.shape_key, []).append(request)
+            groups.setdefault(request.key, []).append(request)
         for group in groups.values():
             if len(group) == 1 or not self.enabled:
                 for request in group:
@@ -194,9 +220,9 @@ class Batcher:
                 self._predict_group(group)
 
     def _predict_group(self, group: list[_Request]) -> None:
-        lengths = [len(request.frame) for request in group]
+        lengths = [len(request.data) for request in group]
         try:
-            output = self._predict(pd.concat([r.frame for r in group], ignore_index=True))
+            output = self._predict(_joined([request.data for request in group]))
         except Exception:  # retried one by one, so that each request gets its own error
             for request in group:
                 self._predict_one(request)
@@ -216,11 +242,18 @@ class Batcher:
 
     def _predict_one(self, request: _Request) -> None:
         try:
-            result = self._predict(request.frame)
+            result = self._predict(as_frame(request.data))
         except BaseException as exc:  # handed to the request thread that waits for it
             request.fail(exc)
         else:
             request.answer(result)
+
+
+def _joined(inputs: list[Any]) -> pd.DataFrame:
+    """One frame of same-keyed inputs end to end."""
+    if isinstance(inputs[0], Rows):
+        return Rows.joined(inputs)
+    return pd.concat(inputs, ignore_index=True)
 
 
 def split_rows(output: Any, lengths: list[int]) -> list[Any] | None:

@@ -1,6 +1,6 @@
 """Request decoding and response encoding: functions over bytes, frames and arrays, no HTTP.
 
-    decode_request(content_type, body, signature) -> ModelInput(data, params, unwrapped)
+    decode_request(content_type, body, signature, rows) -> ModelInput(data, params, unwrapped)
     encode_predictions(predictions, unwrapped) -> bytes
 
 Decoding follows MLflow's scoring server (3.x) wherever that server works, so existing clients
@@ -68,6 +68,46 @@ class Signature:
 
 NO_SIGNATURE = Signature()
 
+# JSON's scalar types that pandas reads into one dtype per column whatever the other rows are.
+_PLAIN_TYPES = frozenset({float, int, str, bool})
+_INT64_RANGE = range(-(2**63), 2**63)
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A `dataframe_split` body of plain rows, kept as the lists JSON gave.
+
+    Each column holds values of one type, the same in every row (float, int within int64, str
+    or bool), so pandas gives a column the same dtype whether it reads these rows alone or
+    after another request's rows of the same `key`: a batch of them makes one DataFrame that
+    equals its requests' frames put end to end, for the price of one.
+    """
+
+    columns: tuple[str, ...]
+    data: list[list[Any]]
+    kinds: tuple[type, ...]
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    @property
+    def key(self) -> tuple:
+        return self.columns, self.kinds
+
+    def frame(self) -> pd.DataFrame:
+        return Rows.joined([self])
+
+    @staticmethod
+    def joined(parts: list[Rows]) -> pd.DataFrame:
+        """One DataFrame of `parts` (all of one key) end to end."""
+        data = parts[0].data if len(parts) == 1 else [row for part in parts for row in part.data]
+        return pd.DataFrame(data=data, columns=list(parts[0].columns))
+
+
+def as_frame(data: Any) -> Any:
+    """`data`, with `Rows` made a DataFrame."""
+    return data.frame() if isinstance(data, Rows) else data
+
 
 def parse_content_type(header: str | None) -> str:
     """The request's media type, lower-cased; 415 for a missing, unknown or non-UTF-8 one."""
@@ -88,12 +128,14 @@ def parse_content_type(header: str | None) -> str:
 
 
 def decode_request(
-    content_type: str | None, body: bytes, signature: Signature = NO_SIGNATURE
+    content_type: str | None, body: bytes, signature: Signature = NO_SIGNATURE, rows: bool = False
 ) -> ModelInput:
+    """The request as model input. With `rows`, a `dataframe_split` of plain rows is left as
+    `Rows` (for a batch to join) instead of a DataFrame."""
     media = parse_content_type(content_type)
     try:
         if media == JSON:
-            return decode_json(body, signature)
+            return decode_json(body, signature, rows)
         if media == PARQUET:
             return ModelInput(prepare_frame(decode_parquet(body), signature))
         return ModelInput(prepare_frame(decode_csv(body, signature), signature))
@@ -146,7 +188,7 @@ def decode_parquet(body: bytes) -> pd.DataFrame:
         raise BadRequest(f"the Parquet body could not be read: {_first_line(exc)}") from None
 
 
-def decode_json(body: bytes, signature: Signature = NO_SIGNATURE) -> ModelInput:
+def decode_json(body: bytes, signature: Signature = NO_SIGNATURE, rows: bool = False) -> ModelInput:
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -178,7 +220,8 @@ def decode_json(body: bytes, signature: Signature = NO_SIGNATURE) -> ModelInput:
         raise BadRequest("'params' must be a JSON object")
     value = payload[key]
     if key == "dataframe_split":
-        data = prepare_frame(_split_frame(value), signature)
+        plain = _plain_rows(value, signature) if rows and not params else None
+        data = plain or prepare_frame(_split_frame(value), signature)
     elif key == "dataframe_records":
         data = prepare_frame(_records_frame(value, "'dataframe_records'"), signature)
     else:
@@ -206,6 +249,32 @@ def _split_frame(value: Any) -> pd.DataFrame:
     except (ValueError, TypeError, AssertionError) as exc:
         message = f"'dataframe_split' does not form a DataFrame: {_first_line(exc)}"
         raise BadRequest(message) from None
+
+
+def _plain_rows(value: Any, signature: Signature) -> Rows | None:
+    """`value` as `Rows` if it is `columns` and `data` only, of distinct string columns that
+    decoding leaves alone (not binary or datetime) and rows of plain values, one type per
+    column; otherwise None, and it is decoded into a DataFrame as any other."""
+    if not isinstance(value, dict) or value.keys() != {"columns", "data"}:
+        return None
+    columns, data = value["columns"], value["data"]
+    if type(columns) is not list or type(data) is not list or not columns or not data:
+        return None
+    if not all(type(name) is str for name in columns) or len(set(columns)) != len(columns):
+        return None
+    if any(signature.column_types.get(name) in ("binary", "datetime") for name in columns):
+        return None
+    if type(data[0]) is not list:
+        return None
+    kinds = tuple(map(type, data[0]))
+    if len(kinds) != len(columns) or not _PLAIN_TYPES.issuperset(kinds):
+        return None
+    if any(type(row) is not list or tuple(map(type, row)) != kinds for row in data):
+        return None
+    for index, kind in enumerate(kinds):
+        if kind is int and not all(row[index] in _INT64_RANGE for row in data):
+            return None  # pandas reads larger integers as uint64 or object, per request
+    return Rows(tuple(columns), data, kinds)
 
 
 def _records_frame(value: Any, what: str) -> pd.DataFrame:

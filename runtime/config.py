@@ -25,7 +25,7 @@ class ServerConfig:
     include_traceback: bool = False
     batching: str = "auto"  # auto: on for row-wise flavors (sklearn, xgboost, ...)
     max_batch_rows: int = 64
-    batch_wait_ms: float = 2.0  # how long a batch may wait for requests still being decoded
+    batch_wait_ms: float = 5.0  # how long a batch may wait for the requests it expects
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> ServerConfig:

@@ -39,6 +39,10 @@ class UnsupportedMediaType(ScoringError):
     status = 415
 
 
+class PayloadTooLarge(ScoringError):
+    status = 413
+
+
 class PredictionFailed(ScoringError):
     status = 500
 

@@ -75,12 +75,17 @@ class _ModelLoader:
         # The model and the libraries it imported live as long as the process: move them out
         # of the collector's sight, so that a full collection in a worker (which would walk
         # about a million objects, 100 ms or more) stays short, and forked workers keep
-        # sharing those pages instead of copying them when the collector touches them.
-        gc.collect()
+        # sharing those pages instead of copying them when the collector touches them. The
+        # collector was off while they loaded (see main), the recipe of gc.freeze's docs.
         gc.freeze()
+        gc.enable()
         log.info("model loaded from %s in %.1fs", self.path, time.monotonic() - started)
         for pid in list(arbiter.WORKERS):  # forked before the model was there: replace them
             arbiter.kill_worker(pid, signal.SIGTERM)
+
+
+def _enable_gc(arbiter: Any, worker: Any) -> None:
+    gc.enable()
 
 
 def gunicorn_options(config: ServerConfig, loader: _ModelLoader) -> dict[str, Any]:
@@ -101,11 +106,16 @@ def gunicorn_options(config: ServerConfig, loader: _ModelLoader) -> dict[str, An
         "errorlog": "-",
         "logger_class": JsonAccessLogger if config.log_format == "json" else AccessLogger,
         "when_ready": loader.start,
+        "post_fork": _enable_gc,
         "control_socket_disable": True,
     }
 
 
 def main() -> None:
+    # Importing mlflow and the model's libraries makes about a million objects, and the
+    # collector would walk them again and again as they come: it stays off until the model
+    # has loaded (in workers forked before that, from their start).
+    gc.disable()
     try:
         config = ServerConfig.from_env()
     except ValueError as exc:

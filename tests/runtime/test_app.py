@@ -7,6 +7,7 @@ from pathlib import Path
 import mlflow.pyfunc
 import pandas as pd
 import pytest
+from werkzeug.test import Client
 
 from mlimg_runtime.app import ServedModel, create_app
 from mlimg_runtime.config import ServerConfig
@@ -15,7 +16,7 @@ from mlimg_runtime.config import ServerConfig
 def client_for(model_dir: Path, config: ServerConfig | None = None):
     served = ServedModel()
     served.set(mlflow.pyfunc.load_model(str(model_dir)), "3.17.2")
-    return create_app(served, config).test_client()
+    return Client(create_app(served, config))
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from mlimg_runtime.batching import Batcher, row_wise, split_rows
+from mlimg_runtime.codecs import Rows
 
 
 class RowWiseModel:
@@ -104,6 +105,26 @@ def test_a_failing_batch_is_retried_one_by_one_so_only_the_bad_request_fails() -
         assert good.result(5).tolist() == [2]
         with pytest.raises(ValueError, match="negative x"):
             bad.result(5)
+
+
+def rows(*values, column: str = "x") -> Rows:
+    return Rows((column,), [[value] for value in values], (type(values[0]),))
+
+
+def test_plain_rows_of_one_key_join_into_one_call_and_get_their_own_rows() -> None:
+    model = RowWiseModel()
+    batcher = Batcher(model.predict, max_rows=64, max_wait=0)
+    inputs = [rows(1.0, 2.0), rows(3.0), rows(4, 5), frame(6.0)]
+    with ThreadPoolExecutor(8) as pool:
+        first = hold_first_call(model, batcher, pool)
+        later = [pool.submit(batcher.predict, data, 10) for data in inputs]
+        wait_until(lambda: batcher.queued == 4)
+        model.hold.set()
+        first.result(5)
+        answers = [future.result(5).tolist() for future in later]
+    assert answers == [[2.0, 4.0], [6.0], [8, 10], [12.0]]
+    # the float rows in one call; the int rows, and the DataFrame, each in calls of their own
+    assert sorted(model.calls[1:]) == [1, 2, 3]
 
 
 def test_frames_of_different_columns_are_never_mixed() -> None:

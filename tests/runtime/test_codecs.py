@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from mlimg_runtime.codecs import (
     MEDIA_TYPES,
+    Rows,
     Signature,
     decode_csv,
     decode_json,
@@ -91,6 +92,92 @@ def test_raw_completions_and_embeddings_payloads(payload: dict) -> None:
     decoded = decode_request("application/json", json.dumps(payload).encode(), signature)
     assert decoded.unwrapped and decoded.params == {"max_tokens": 5}
     assert decoded.data == {k: v for k, v in payload.items() if k != "max_tokens"}
+
+
+def split_body(columns: list, data: list, **extra) -> bytes:
+    return json.dumps({"dataframe_split": {"columns": columns, "data": data}, **extra}).encode()
+
+
+def test_plain_split_rows_are_left_as_rows_for_a_batch() -> None:
+    body = split_body(["a", "n", "s", "t"], [[1.5, 2, "x", True], [0.5, -3, "y", False]])
+    rows = decode_json(body, rows=True).data
+    assert isinstance(rows, Rows) and len(rows) == 2
+    pd.testing.assert_frame_equal(rows.frame(), decode_json(body).data)
+
+
+@pytest.mark.parametrize(
+    ("body", "signature"),
+    [
+        (split_body(["a"], [[1.0], [None]]), Signature()),  # a missing value
+        (split_body(["a"], [[1.0], [2]]), Signature()),  # two types in one column
+        (split_body(["a"], [[2**63]]), Signature()),  # read as uint64 alone
+        (split_body(["a", "a"], [[1.0, 2.0]]), Signature()),  # refused as a DataFrame is
+        (split_body(["a"], [[[1.0]]]), Signature()),  # a nested value
+        (split_body(["a"], [[1.0]], params={"k": 1}), Signature()),
+        (split_body(["b"], [["aGk="]]), TYPED),  # binary: decoded after reading
+        (json.dumps({"dataframe_split": {"columns": ["a"], "data": [[1.0]], "index": [7]}}), None),
+    ],
+)
+def test_other_split_bodies_become_dataframes(body, signature) -> None:
+    body = body.encode() if isinstance(body, str) else body
+    try:
+        expected = decode_json(body, signature or Signature())
+    except BadRequest:
+        with pytest.raises(BadRequest):
+            decode_json(body, signature or Signature(), rows=True)
+        return
+    decoded = decode_json(body, signature or Signature(), rows=True)
+    assert isinstance(decoded.data, pd.DataFrame)
+    pd.testing.assert_frame_equal(decoded.data, expected.data)
+
+
+# Property: plain rows of one key, joined into one frame, give exactly the frames that the
+# requests would have given alone, end to end: batching them cannot change a dtype or a value.
+
+plain_values = {
+    "float": st.floats(allow_nan=True, allow_infinity=False),
+    "int": st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    "str": st.text(max_size=5),
+    "bool": st.booleans(),
+}
+
+
+@st.composite
+def plain_requests(draw) -> list[bytes]:
+    kinds = draw(st.lists(st.sampled_from(sorted(plain_values)), min_size=1, max_size=4))
+    columns = [f"c{index}" for index in range(len(kinds))]
+    row = st.tuples(*(plain_values[kind] for kind in kinds)).map(list)
+    requests = st.lists(st.lists(row, min_size=1, max_size=3), min_size=1, max_size=5)
+    return [split_body(columns, data) for data in draw(requests)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(plain_requests())
+def test_joined_rows_equal_the_requests_frames_end_to_end(bodies: list[bytes]) -> None:
+    parts = [decode_json(body, rows=True).data for body in bodies]
+    assert all(isinstance(part, Rows) and part.key == parts[0].key for part in parts)
+    alone = [decode_json(body).data for body in bodies]
+    pd.testing.assert_frame_equal(Rows.joined(parts), pd.concat(alone, ignore_index=True))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.lists(
+            st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=3),
+            min_size=2,
+            max_size=2,
+        ),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_rows_or_not_a_split_body_decodes_to_the_same_frame(data: list) -> None:
+    body = split_body(["a", "b"], data)
+    expected = decode_json(body).data
+    decoded = decode_json(body, rows=True).data
+    frame = decoded.frame() if isinstance(decoded, Rows) else decoded
+    pd.testing.assert_frame_equal(frame, expected)
 
 
 def test_binary_and_datetime_columns_are_decoded() -> None:

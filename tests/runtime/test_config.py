@@ -39,7 +39,7 @@ def test_config_defaults() -> None:
         8,
         "auto",
         64,
-        2.0,
+        5.0,
     )
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
 
 import pytest
+from werkzeug.test import Client
 
 from mlimg_runtime.app import ServedModel, create_app
 from mlimg_runtime.config import ServerConfig
@@ -15,7 +17,7 @@ from tests.conformance import CASES, check_answer
 def client_for(model, config: ServerConfig | None = None):
     served = ServedModel()
     served.set(model, "3.17.2")
-    return create_app(served, config).test_client()
+    return Client(create_app(served, config))
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,7 @@ def test_conformance(case, clients: dict, loaded_models: dict) -> None:
 
 def test_ping_and_health_answer_503_until_the_model_is_loaded(loaded_models: dict) -> None:
     served = ServedModel()
-    client = create_app(served).test_client()
+    client = Client(create_app(served))
     for path in ("/ping", "/health"):
         response = client.get(path)
         assert response.status_code == 503
@@ -72,6 +74,32 @@ def test_body_over_the_limit_is_413(loaded_models: dict) -> None:
     response = client.post("/invocations", data=b"1" * 2000, content_type="text/csv")
     assert response.status_code == 413
     assert "MLIMG_MAX_REQUEST_BYTES" in response.get_json()["message"]
+
+
+def test_a_chunked_body_over_the_limit_is_413(loaded_models: dict) -> None:
+    client = client_for(loaded_models["sklearn"], ServerConfig(max_request_bytes=1000))
+    response = client.post(  # no Content-Length: the body is read up to the limit and one byte
+        "/invocations", input_stream=io.BytesIO(b"1" * 2000), content_type="text/csv"
+    )
+    assert response.status_code == 413
+    small = client.post("/invocations", input_stream=io.BytesIO(b"a\n1\n"), content_type="text/csv")
+    assert small.status_code in (200, 400), small.get_data(as_text=True)  # read, then judged
+
+
+def test_invocations_allow_only_post(clients: dict) -> None:
+    response = clients["sklearn"].get("/invocations")
+    assert (response.status_code, response.headers["Allow"]) == (405, "POST")
+
+
+def test_a_content_length_that_is_not_a_number_is_400(clients: dict) -> None:
+    response = clients["sklearn"].post(
+        "/invocations",
+        data=b"{}",
+        content_type="application/json",
+        environ_overrides={"CONTENT_LENGTH": "many"},
+    )
+    assert response.status_code == 400
+    assert "Content-Length" in response.get_json()["message"]
 
 
 def test_request_outliving_the_timeout_is_504(loaded_models: dict) -> None:
