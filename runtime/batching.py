@@ -162,15 +162,23 @@ class Batcher:
                     self._leading.release()
                 # Whoever queued first and is still waiting may lead next. A request queued
                 # after this look finds the lock free itself: no request is left behind.
-                if self._queue:
-                    with contextlib.suppress(IndexError):
-                        self._queue[0].wake()
+                self._wake_first()
                 continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                # Not predicted for nobody, and not holding the next turn to lead: a request
+                # queued behind it would otherwise wait for its own deadline too.
+                with contextlib.suppress(ValueError):  # already taken into a batch
+                    self._queue.remove(request)
+                self._wake_first()
                 raise TimeoutError
             request.wait(remaining)
         return request.outcome()
+
+    def _wake_first(self) -> None:
+        if self._queue:
+            with contextlib.suppress(IndexError):
+                self._queue[0].wake()
 
     def _next_batch(self) -> list[_Request]:
         """What has queued; then, while requests are being decoded or fewer have come than

@@ -71,6 +71,7 @@ NO_SIGNATURE = Signature()
 # JSON's scalar types that pandas reads into one dtype per column whatever the other rows are.
 _PLAIN_TYPES = frozenset({float, int, str, bool})
 _INT64_RANGE = range(-(2**63), 2**63)
+_NUMPY_TYPES = {float: np.float64, int: np.int64, bool: np.bool_}
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,12 @@ class Rows:
     def joined(parts: list[Rows]) -> pd.DataFrame:
         """One DataFrame of `parts` (all of one key) end to end."""
         data = parts[0].data if len(parts) == 1 else [row for part in parts for row in part.data]
-        return pd.DataFrame(data=data, columns=list(parts[0].columns))
+        columns = list(parts[0].columns)
+        kinds = set(parts[0].kinds)
+        dtype = _NUMPY_TYPES.get(kinds.pop()) if len(kinds) == 1 else None
+        if dtype is not None:  # one numeric type: the frame pandas would infer, a third the cost
+            return pd.DataFrame(np.array(data, dtype=dtype), columns=columns)
+        return pd.DataFrame(data=data, columns=columns)
 
 
 def as_frame(data: Any) -> Any:

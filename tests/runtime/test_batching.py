@@ -177,6 +177,23 @@ def test_a_queued_request_times_out_while_another_call_runs() -> None:
         first.result(5)
 
 
+def test_a_request_that_timed_out_does_not_keep_the_next_one_waiting() -> None:
+    model = RowWiseModel()
+    batcher = Batcher(model.predict, max_rows=64, max_wait=0)
+    with ThreadPoolExecutor(4) as pool:
+        first = hold_first_call(model, batcher, pool)
+        given_up = pool.submit(batcher.predict, frame(1), 0.2)
+        wait_until(lambda: batcher.queued == 1)
+        patient = pool.submit(batcher.predict, frame(2), 30)
+        with pytest.raises(TimeoutError):
+            given_up.result(5)
+        assert batcher.queued == 1  # the one that gave up left the queue
+        model.hold.set()
+        first.result(5)
+        assert patient.result(5).tolist() == [4]  # long before its own 30 s deadline
+    assert model.calls == [1, 1]
+
+
 def test_many_threads_get_exactly_their_own_rows() -> None:
     model = RowWiseModel()
     batcher = Batcher(model.predict, max_rows=16, max_wait=0.002)
