@@ -2,13 +2,12 @@
 
 A model's `predict` costs nearly the same for one row as for sixty (about 1 ms for an sklearn
 model, most of it schema checks and input validation), so under concurrent load most of the
-work is per call, not per row. Request threads queue their decoded input (a DataFrame, or the
-`Rows` of a plain `dataframe_split`, which join into one frame at the price of one) in the
-`Batcher`; a
-batch takes what has queued, up to `max_rows` rows (waiting `max_wait` seconds for more when
-asked to), predicts the frames of the same shape in one call and gives each request its own
-rows back. With `max_wait` 0 nothing is delayed: a batch is whatever queued while the previous
-call ran, so a lone request goes straight through.
+work is per call, not per row. Request threads queue their decoded input in the `Batcher`: a
+DataFrame, or the `Rows` of a plain `dataframe_split`, which join into one frame at the price
+of one. A batch takes what has queued, up to `max_rows` rows (waiting `max_wait` seconds for
+more when asked to), predicts the inputs of the same key in one call and gives each request
+its own rows back. With `max_wait` 0 nothing is delayed: a batch is whatever queued while the
+previous call ran, so a lone request goes straight through.
 
 Only row-wise models may be batched (a row's prediction must not depend on the other rows);
 `row_wise` says which are. An output that cannot be split per row turns batching off for good,
@@ -216,7 +215,7 @@ class Batcher:
         return taken
 
     def predict_batch(self, batch: list[_Request]) -> None:
-        """Predict each group of same-shaped frames in one call; never raises."""
+        """Predict each group of same-keyed inputs in one call; never raises."""
         groups: dict[tuple, list[_Request]] = {}
         for request in batch:
             groups.setdefault(request.key, []).append(request)
