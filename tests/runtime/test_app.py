@@ -1,4 +1,4 @@
-"""The Flask app in-process, on real MLflow models, against mlflow.pyfunc's own predictions."""
+"""The WSGI app in-process, on real MLflow models, against mlflow.pyfunc's own predictions."""
 
 import json
 from concurrent.futures import ThreadPoolExecutor
