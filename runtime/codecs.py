@@ -268,7 +268,7 @@ def _plain_rows(value: Any, signature: Signature) -> Rows | None:
         return None
     if not all(type(name) is str for name in columns) or len(set(columns)) != len(columns):
         return None
-    if any(signature.column_types.get(name) in ("binary", "datetime") for name in columns):
+    if any(signature.column_types.get(name) in _COLUMN_DECODERS for name in columns):
         return None
     if type(data[0]) is not list:
         return None
@@ -320,13 +320,14 @@ def prepare_frame(frame: pd.DataFrame, signature: Signature) -> pd.DataFrame:
         duplicated = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})[:5]
         raise BadRequest(f"the input names columns more than once: {duplicated}")
     for name, kind in signature.column_types.items():
-        if name not in frame.columns:
-            continue
-        if kind == "binary":
-            frame[name] = [_base64(value, name) for value in frame[name]]
-        elif kind == "datetime":
-            frame[name] = _datetimes(frame[name], name)
+        decode = _COLUMN_DECODERS.get(kind)
+        if decode is not None and name in frame.columns:
+            frame[name] = decode(frame[name], name)
     return frame
+
+
+def _binaries(column: pd.Series, name: str) -> list[Any]:
+    return [_base64(value, name) for value in column]
 
 
 def _base64(value: Any, column: str) -> Any:
@@ -359,6 +360,9 @@ def _datetimes(column: pd.Series, name: str) -> pd.Series:
         column = column.dt.as_unit("ns")  # MLflow's datetime type is nanoseconds
     return column
 
+
+# The signature's column types that decoding turns from JSON or CSV text into values.
+_COLUMN_DECODERS = {"binary": _binaries, "datetime": _datetimes}
 
 # pandas 2 parses mixed ISO 8601 forms only when told so; pandas 1 always did.
 _ISO8601 = {"format": "ISO8601"} if int(pd.__version__.split(".")[0]) >= 2 else {}
