@@ -49,6 +49,7 @@ METRICS = (
     ("rebuild_s", "Rebuild after a model-only change", "s", "lower", 0.3),
     ("size_added_mb", "Size added over the base image", "MB", "lower", 0.5),
     ("first_prediction_s", "docker run to first prediction", "s", "lower", 0.5),
+    ("model_load_s", "Of which: import mlflow and load the model", "s", "lower", None),
     ("rps_c16", "Throughput, 16 connections", "req/s", "higher", 4.0),
     ("p50_c16_ms", "p50 latency, 16 connections", "ms", "lower", None),
     ("p99_c16_ms", "p99 latency, 16 connections", "ms", "lower", None),
@@ -146,6 +147,23 @@ def markdown_table(summary: dict[str, dict[str, float]], rounds: int, note: str)
             f"| {label} | {_fmt(theirs)} {unit} | {_fmt(ours)} {unit} | {ratio_text} | {verdict} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def startup_note(summary: dict[str, dict[str, float]]) -> str:
+    """What each side spends before its first prediction beyond loading the model, and the
+    ratio a server that spent nothing beyond it would reach."""
+    try:
+        first = {side: summary[side]["first_prediction_s"] for side in SIDES}
+        loading = {side: summary[side]["model_load_s"] for side in SIDES}
+    except KeyError:
+        return ""
+    beyond = {side: first[side] - loading[side] for side in SIDES}
+    return (
+        f"\nBeyond importing mlflow and loading the model, MLflow's container took "
+        f"{beyond['mlflow']:.2f} s to its first prediction and mlimg's {beyond['mlimg']:.2f} s "
+        f"(starting the container, Python and the server). A server that took no time beyond "
+        f"mlimg's loading would reach {loading['mlimg'] / first['mlflow']:.2f}x.\n"
+    )
 
 
 def _fmt(value: float) -> str:
@@ -354,6 +372,21 @@ def load(url: str, script: Path, connections: int, seconds: int) -> LoadResult:
     return parse_wrk(result.stdout)
 
 
+LOAD_CODE = (
+    "import time; started = time.perf_counter(); import mlflow.pyfunc; "
+    "mlflow.pyfunc.load_model('/opt/ml/model'); print(time.perf_counter() - started)"
+)
+
+
+def model_load_s(setup: Setup, side: str) -> float:
+    """Seconds the image's own Python takes to import mlflow and load the model, no server:
+    what any server that loads the model through mlflow.pyfunc must spend before it predicts."""
+    output = setup.client.containers.run(
+        tag(side), ["-c", LOAD_CODE], entrypoint="python", remove=True, network_disabled=True
+    )
+    return float(output.decode().strip().splitlines()[-1])
+
+
 def measure_side(setup: Setup, side: str, starts: int) -> tuple[dict, list]:
     figures: dict[str, float] = {}
     if side == "mlflow":
@@ -378,6 +411,7 @@ def measure_side(setup: Setup, side: str, starts: int) -> tuple[dict, list]:
         finally:
             container.remove()
     figures["first_prediction_s"] = statistics.median(firsts)
+    figures["model_load_s"] = statistics.median(model_load_s(setup, side) for _ in range(starts))
     container = Container(setup, side)
     try:
         container.first_prediction()
@@ -483,7 +517,7 @@ def main() -> int:
     table += (
         f"\nmlimg's rebuild is timed with `--no-smoke-test`, as MLflow tests nothing; "
         f"`mlimg build` with its smoke test took {smoke:.1f} s (median).\n"
-    )
+    ) + startup_note(summary)
     (out / "latest.md").write_text(table)
     (out / "latest.json").write_text(json.dumps({"rounds": rounds, "median": summary}, indent=2))
     chart(summary, out / "latest.png")

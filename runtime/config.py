@@ -26,6 +26,7 @@ class ServerConfig:
     batching: str = "auto"  # auto: on for row-wise flavors (sklearn, xgboost, ...)
     max_batch_rows: int = 64
     batch_wait_ms: float = 5.0  # how long a batch may wait for the requests it expects
+    log_flush_ms: float = 200.0  # how late an access line may be written (0: at once)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> ServerConfig:
@@ -51,6 +52,7 @@ class ServerConfig:
             batching=batching,
             max_batch_rows=_positive_int(env, "MLIMG_MAX_BATCH_ROWS", cls.max_batch_rows),
             batch_wait_ms=_milliseconds(env, "MLIMG_BATCH_WAIT_MS", cls.batch_wait_ms),
+            log_flush_ms=_milliseconds(env, "MLIMG_LOG_FLUSH_MS", cls.log_flush_ms),
         )
 
 

@@ -18,10 +18,11 @@ import time
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 
 from mlimg_runtime.app import ServedModel, create_app
 from mlimg_runtime.config import ServerConfig
-from mlimg_runtime.logs import AccessLogger, JsonAccessLogger, configure_logging
+from mlimg_runtime.logs import access_logger_class, configure_logging
 
 log = logging.getLogger("mlimg_runtime")
 
@@ -39,6 +40,31 @@ class _Gunicorn(BaseApplication):
 
     def load(self) -> Any:
         return self._app
+
+    def run(self) -> None:
+        _Arbiter(self).run()
+
+
+class _Arbiter(Arbiter):
+    """gunicorn's arbiter, which also replaces its workers once the model has loaded.
+
+    The swap runs in the arbiter's own loop (its main thread), woken by the loader: the new
+    workers are forked at once, and the old ones, now the oldest beyond the worker count, are
+    stopped gracefully. Waiting for the old ones to exit first, as gunicorn's own respawning
+    does, kept the server unable to predict for a further quarter of a second.
+    """
+
+    swap_pending = False  # set by the loader thread, cleared here
+
+    def manage_workers(self) -> None:
+        if self.swap_pending:
+            self.swap_pending = False
+            stale = list(self.WORKERS)
+            for _ in range(self.num_workers):
+                self.spawn_worker()
+            for pid in stale:
+                self.kill_worker(pid, signal.SIGTERM)
+        super().manage_workers()
 
 
 def load_model(path: str) -> tuple[Any, str | None]:
@@ -80,8 +106,9 @@ class _ModelLoader:
         gc.freeze()
         gc.enable()
         log.info("model loaded from %s in %.1fs", self.path, time.monotonic() - started)
-        for pid in list(arbiter.WORKERS):  # forked before the model was there: replace them
-            arbiter.kill_worker(pid, signal.SIGTERM)
+        # The workers were forked before the model was there: the arbiter replaces them.
+        arbiter.swap_pending = True
+        arbiter.wakeup()
 
 
 def _enable_gc(arbiter: Any, worker: Any) -> None:
@@ -104,7 +131,7 @@ def gunicorn_options(config: ServerConfig, loader: _ModelLoader) -> dict[str, An
         "keepalive": 5,
         "accesslog": "-",
         "errorlog": "-",
-        "logger_class": JsonAccessLogger if config.log_format == "json" else AccessLogger,
+        "logger_class": access_logger_class(config.log_format, config.log_flush_ms),
         "when_ready": loader.start,
         "post_fork": _enable_gc,
         "control_socket_disable": True,

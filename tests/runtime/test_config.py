@@ -50,6 +50,11 @@ def test_batching_settings_from_env() -> None:
     assert (config.batching, config.max_batch_rows, config.batch_wait_ms) == ("off", 16, 0.5)
 
 
+def test_access_lines_are_written_at_most_200ms_late_unless_told() -> None:
+    assert ServerConfig.from_env({}).log_flush_ms == 200.0
+    assert ServerConfig.from_env({"MLIMG_LOG_FLUSH_MS": "0"}).log_flush_ms == 0.0
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
@@ -58,6 +63,7 @@ def test_batching_settings_from_env() -> None:
         ({"MLIMG_BATCHING": "sometimes"}, "MLIMG_BATCHING must be one of auto, on, off"),
         ({"MLIMG_MAX_BATCH_ROWS": "0"}, "MLIMG_MAX_BATCH_ROWS must be"),
         ({"MLIMG_BATCH_WAIT_MS": "-1"}, "MLIMG_BATCH_WAIT_MS must be between"),
+        ({"MLIMG_LOG_FLUSH_MS": "soon"}, "MLIMG_LOG_FLUSH_MS must be a number of milliseconds"),
         ({"MLIMG_BATCH_WAIT_MS": "nan"}, "MLIMG_BATCH_WAIT_MS must be between"),
         ({"MLIMG_BATCH_WAIT_MS": "soon"}, "MLIMG_BATCH_WAIT_MS must be a number"),
     ],

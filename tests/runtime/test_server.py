@@ -1,0 +1,54 @@
+"""Start-up: the arbiter swaps its pre-load workers for ones forked after the model loaded."""
+
+from __future__ import annotations
+
+import signal
+from types import SimpleNamespace
+
+from mlimg_runtime.app import ServedModel, create_app
+from mlimg_runtime.config import ServerConfig
+from mlimg_runtime.server import _Arbiter, _Gunicorn, _ModelLoader, gunicorn_options
+
+
+def arbiter_with_stub_processes(workers: int) -> tuple[_Arbiter, list[tuple[str, int]]]:
+    """A real arbiter whose forks and kills are recorded instead of done."""
+    config = ServerConfig(workers=workers, port=0, host="127.0.0.1")
+    served = ServedModel()
+    options = gunicorn_options(config, _ModelLoader(served, "/nowhere"))
+    arbiter = _Arbiter(_Gunicorn(create_app(served, config), options))
+    events: list[tuple[str, int]] = []
+    next_pid = iter(range(200, 300))
+
+    def spawn_worker() -> int:
+        arbiter.worker_age += 1
+        pid = next(next_pid)
+        arbiter.WORKERS[pid] = SimpleNamespace(age=arbiter.worker_age)
+        events.append(("spawn", pid))
+        return pid
+
+    def kill_worker(pid: int, sig: int) -> None:
+        events.append(("stop" if sig == signal.SIGTERM else f"signal {sig}", pid))
+
+    arbiter.spawn_worker = spawn_worker  # type: ignore[method-assign]
+    arbiter.kill_worker = kill_worker  # type: ignore[method-assign]
+    return arbiter, events
+
+
+def test_new_workers_are_forked_before_the_old_ones_are_stopped() -> None:
+    arbiter, events = arbiter_with_stub_processes(workers=2)
+    arbiter.manage_workers()  # start-up: the two workers that answer 503 while loading
+    assert events == [("spawn", 200), ("spawn", 201)]
+    events.clear()
+
+    arbiter.swap_pending = True  # what the loader sets when the model has loaded
+    arbiter.manage_workers()
+    assert events[:2] == [("spawn", 202), ("spawn", 203)]
+    assert {pid for what, pid in events[2:]} == {200, 201}  # only the old ones are stopped
+    assert {what for what, pid in events[2:]} == {"stop"}
+    assert arbiter.swap_pending is False
+
+    events.clear()
+    for pid in (200, 201):  # the old ones exit and are reaped
+        del arbiter.WORKERS[pid]
+    arbiter.manage_workers()
+    assert events == []  # one swap: nothing more is forked or stopped
