@@ -1,13 +1,24 @@
-"""Start-up: the arbiter swaps its pre-load workers for ones forked after the model loaded."""
+"""Start-up: the arbiter swaps its pre-load workers for ones forked after the model loaded,
+and the pre-load ones leave without Python's teardown."""
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 from types import SimpleNamespace
+
+import pytest
 
 from mlimg_runtime.app import ServedModel, create_app
 from mlimg_runtime.config import ServerConfig
-from mlimg_runtime.server import _Arbiter, _Gunicorn, _ModelLoader, gunicorn_options
+from mlimg_runtime.server import (
+    _Arbiter,
+    _exit_code,
+    _Gunicorn,
+    _ModelLoader,
+    gunicorn_options,
+)
 
 
 def arbiter_with_stub_processes(workers: int) -> tuple[_Arbiter, list[tuple[str, int]]]:
@@ -52,3 +63,44 @@ def test_new_workers_are_forked_before_the_old_ones_are_stopped() -> None:
         del arbiter.WORKERS[pid]
     arbiter.manage_workers()
     assert events == []  # one swap: nothing more is forked or stopped
+
+
+@pytest.mark.parametrize(
+    ("leaving", "status"),
+    [
+        (None, 0),
+        (SystemExit(None), 0),
+        (SystemExit(3), 3),
+        (SystemExit(-1), 255),
+        (SystemExit("a message"), 1),
+        (ValueError("boom"), 1),
+    ],
+)
+def test_exit_status_follows_sys_exit(leaving: BaseException | None, status: int) -> None:
+    assert _exit_code(leaving) == status
+
+
+def exit_status_of_a_worker_leaving(loader: _ModelLoader) -> int:
+    """Fork, leave with sys.exit(3) through the worker_exit hook, as gunicorn's worker does;
+    the child's status, or 99 when the hook let the child go on."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            try:
+                sys.exit(3)
+            finally:
+                loader.worker_exit(None, None)
+        except SystemExit:
+            os._exit(99)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def test_a_worker_without_the_model_leaves_at_once_with_its_status() -> None:
+    assert exit_status_of_a_worker_leaving(_ModelLoader(ServedModel(), "/nowhere")) == 3
+
+
+def test_a_worker_with_the_model_leaves_through_python_teardown() -> None:
+    served = ServedModel()
+    served.model = object()  # loaded: the model's own atexit handlers must run
+    assert exit_status_of_a_worker_leaving(_ModelLoader(served, "/nowhere")) == 99
