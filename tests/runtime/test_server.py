@@ -80,16 +80,18 @@ def test_exit_status_follows_sys_exit(leaving: BaseException | None, status: int
     assert _exit_code(leaving) == status
 
 
-def exit_status_of_a_worker_leaving(loader: _ModelLoader) -> int:
-    """Fork, leave with sys.exit(3) through the worker_exit hook, as gunicorn's worker does;
-    the child's status, or 99 when the hook let the child go on."""
+def exit_status_of_a_worker_leaving(loader: _ModelLoader, in_the_master: bool = False) -> int:
+    """Fork, leave with sys.exit(3) through the worker_exit hook, as gunicorn's worker does
+    (or as its master does for a worker found gone); the child's status, or 99 when the hook
+    let the child go on."""
     pid = os.fork()
     if pid == 0:
+        worker = SimpleNamespace(pid=os.getppid() if in_the_master else os.getpid())
         try:
             try:
                 sys.exit(3)
             finally:
-                loader.worker_exit(None, None)
+                loader.worker_exit(None, worker)
         except SystemExit:
             os._exit(99)
     _, status = os.waitpid(pid, 0)
@@ -104,3 +106,8 @@ def test_a_worker_with_the_model_leaves_through_python_teardown() -> None:
     served = ServedModel()
     served.model = object()  # loaded: the model's own atexit handlers must run
     assert exit_status_of_a_worker_leaving(_ModelLoader(served, "/nowhere")) == 99
+
+
+def test_the_hook_run_by_the_master_for_a_vanished_worker_leaves_nothing() -> None:
+    loader = _ModelLoader(ServedModel(), "/nowhere")  # the master while the model loads
+    assert exit_status_of_a_worker_leaving(loader, in_the_master=True) == 99
