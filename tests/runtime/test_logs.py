@@ -114,9 +114,15 @@ def access_logger(log_format: str, flush_ms: float):
     return access_logger_class(log_format, flush_ms)(cfg)
 
 
+def access_handler(logger) -> logging.Handler:
+    """The access log's own handler (pytest may have added capturing ones beside it)."""
+    [handler] = [h for h in logger.access_log.handlers if getattr(h, "_gunicorn", False)]
+    return handler
+
+
 def test_access_logger_batches_json_lines_to_stdout(capfd) -> None:
     logger = access_logger("json", 200)
-    [handler] = logger.access_log.handlers
+    handler = access_handler(logger)
     assert isinstance(handler, BatchedLineHandler)
     environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/invocations", "REMOTE_ADDR": "1.2.3.4"}
     response = SimpleNamespace(status_code=200, sent=20)
@@ -134,7 +140,7 @@ def test_access_logger_batches_json_lines_to_stdout(capfd) -> None:
 
 def test_access_logger_writes_each_line_at_once_when_told(capfd) -> None:
     logger = access_logger("plain", 0)
-    [handler] = logger.access_log.handlers
+    handler = access_handler(logger)
     assert not isinstance(handler, BatchedLineHandler)
     environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/ping", "REMOTE_ADDR": "1.2.3.4"}
     request = SimpleNamespace(uri="/ping", version=(1, 1))
