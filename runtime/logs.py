@@ -1,7 +1,8 @@
 """Logging: plain text, or JSON lines (MLIMG_LOG_FORMAT=json) for log collectors.
 
 Access lines carry method, path, status and latency; gunicorn's own messages and the
-runtime's go through the same formatter, so a JSON deployment gets only JSON lines.
+runtime's go through the same formatter, so a JSON deployment gets only JSON lines. Each worker
+writes its access lines in batches, at most MLIMG_LOG_FLUSH_MS late; other lines at once.
 """
 
 from __future__ import annotations
