@@ -325,16 +325,17 @@ def post(url: str, body: bytes, timeout: float = 10) -> tuple[int, bytes]:
         return 0, b""
 
 
+# How the benchmark's containers run: port published on 127.0.0.1 only, labelled for removal.
+RUN_OPTIONS = {"ports": {"8080/tcp": ("127.0.0.1", None)}, "labels": {"mlimg.bench": "1"}}
+
+
 class Container:
     """One container of a side's image, its port published on 127.0.0.1 only."""
 
     def __init__(self, setup: Setup, side: str):
         self.setup = setup
         self.started = time.monotonic()
-        self.container = setup.client.containers.run(
-            tag(side), detach=True, ports={"8080/tcp": ("127.0.0.1", None)},
-            labels={"mlimg.bench": "1"},
-        )  # fmt: skip
+        self.container = setup.client.containers.run(tag(side), detach=True, **RUN_OPTIONS)
         self.url = ""
 
     def first_prediction(self, timeout: float = 120) -> float:
@@ -385,9 +386,8 @@ def load_floor_s(setup: Setup, side: str) -> float:
     prediction (port published); its clock is the host's."""
     started = time.time()
     container = setup.client.containers.run(
-        tag(side), ["-c", LOAD_CODE], entrypoint="python", detach=True,
-        ports={"8080/tcp": ("127.0.0.1", None)}, labels={"mlimg.bench": "1"},
-    )  # fmt: skip
+        tag(side), ["-c", LOAD_CODE], entrypoint="python", detach=True, **RUN_OPTIONS
+    )
     try:
         exit_code = container.wait(timeout=120)["StatusCode"]
         output = container.logs(stdout=True, stderr=False).decode().split()

@@ -54,10 +54,10 @@ class _Arbiter(Arbiter):
 
     The swap runs in the arbiter's own loop (its main thread), woken by the loader: the new
     workers are forked at once, and the old ones, now the oldest beyond the worker count, are
-    stopped gracefully. Waiting for the old ones to exit first, as gunicorn's own respawning
-    does, kept the server unable to predict for a further quarter of a second, and for 2.6 s
-    more when a client held keep-alive connections to the old ones (a stopping worker keeps
-    them open for their keep-alive time).
+    stopped gracefully by gunicorn's own trimming (SIGTERM to the oldest). Waiting for the old
+    ones to exit first, as gunicorn's own respawning does, kept the server unable to predict
+    for a further quarter of a second, and for 2.6 s more when a client held keep-alive
+    connections to the old ones (a stopping worker keeps them open for their keep-alive time).
     """
 
     swap_pending = False  # set by the loader thread, cleared here
@@ -65,12 +65,9 @@ class _Arbiter(Arbiter):
     def manage_workers(self) -> None:
         if self.swap_pending:
             self.swap_pending = False
-            stale = list(self.WORKERS)
             for _ in range(self.num_workers):
                 self.spawn_worker()
-            for pid in stale:
-                self.kill_worker(pid, signal.SIGTERM)
-        super().manage_workers()
+        super().manage_workers()  # stops the surplus, oldest first: the ones without the model
 
 
 def load_model(path: str) -> tuple[Any, str | None]:
