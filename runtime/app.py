@@ -129,13 +129,17 @@ class _Scorer:
         served = self.served
         if not served.loaded:
             raise ModelLoading("the model is still loading; retry when /ping answers 200")
-        started = time.monotonic()
+        # The deadline counts from the request's arrival (the front end's time), so that the
+        # wait for a thread and the decoding are inside it, not only the prediction.
+        started = environ.get("mlimg.arrived") or time.monotonic()
         batching = self._batching()
         with self.batcher.arrival() as arrival:
             body = _read_body(environ, self.config.max_request_bytes)
+            self.deadline.check(started)
             model_input = decode_request(
                 environ.get("CONTENT_TYPE"), body, served.signature, rows=batching
             )
+            self.deadline.check(started)
             data = model_input.data
             if batching and not model_input.params and self.batcher.accepts(data):
                 try:
@@ -259,6 +263,11 @@ class _Deadline:
             return future.result(timeout=self.remaining(started))
         except concurrent.futures.TimeoutError:
             raise self.exceeded() from None
+
+    def check(self, started: float) -> None:
+        """504 now if the request's time is already up."""
+        if self.remaining(started) <= 0:
+            raise self.exceeded()
 
     def remaining(self, started: float) -> float:
         return max(0.0, self._timeout - (time.monotonic() - started))

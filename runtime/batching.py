@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from mlimg_runtime.codecs import Rows, as_frame
+from mlimg_runtime.errors import PredictionFailed
 
 log = logging.getLogger("mlimg_runtime")
 
@@ -56,10 +57,12 @@ class _Arrival:
 class _Request:
     """One request's input in the queue, and what predicting it gave."""
 
-    __slots__ = ("_turn", "data", "done", "error", "key", "result")
+    __slots__ = ("_turn", "data", "deadline", "done", "error", "key", "result", "taken")
 
-    def __init__(self, data: pd.DataFrame | Rows) -> None:
+    def __init__(self, data: pd.DataFrame | Rows, deadline: float) -> None:
         self.data = data
+        self.deadline = deadline
+        self.taken = False  # taken from the queue into a batch
         # Inputs join a batch only when their columns and types are the same.
         if isinstance(data, Rows):
             self.key: tuple = data.key
@@ -147,23 +150,28 @@ class Batcher:
         self, data: pd.DataFrame | Rows, timeout: float, arrival: _Arrival | None = None
     ) -> Any:
         """The predictions for `data` (or what predicting it raised), within `timeout` seconds
-        unless this thread is itself predicting; TimeoutError when they do not come in time."""
-        request = _Request(data)
+        unless this thread is itself predicting; TimeoutError when they do not come in time.
+
+        Whatever raises anywhere in a batch, every request taken into it is answered: with
+        its predictions, with the error, or with TimeoutError once its deadline has passed.
+        """
+        request = _Request(data, time.monotonic() + timeout)
         self._queue.append(request)
         if arrival is not None:
             arrival.arrived()
-        deadline = time.monotonic() + timeout
         while not request.done:
             if self._leading.acquire(blocking=False):
                 try:
-                    self.predict_batch(self._next_batch())
+                    self._lead()
                 finally:
                     self._leading.release()
                 # Whoever queued first and is still waiting may lead next. A request queued
                 # after this look finds the lock free itself: no request is left behind.
                 self._wake_first()
+                if request.taken and not request.done:  # a batch ended without answering it
+                    request.fail(PredictionFailed("internal error: the batch lost a request"))
                 continue
-            remaining = deadline - time.monotonic()
+            remaining = request.deadline - time.monotonic()
             if remaining <= 0:
                 # Not predicted for nobody, and not holding the next turn to lead: a request
                 # queued behind it would otherwise wait for its own deadline too.
@@ -174,17 +182,31 @@ class Batcher:
             request.wait(remaining)
         return request.outcome()
 
+    def _lead(self) -> None:
+        """Take a batch and predict it; never raises, and answers every request it took."""
+        batch: list[_Request] = []
+        try:
+            self._next_batch(batch)
+            self.predict_batch(batch)
+        except BaseException as exc:
+            log.error("a batch of %d request(s) failed: %r", len(batch), exc)
+            failure = PredictionFailed(f"internal error while predicting: {type(exc).__name__}")
+            for request in batch:
+                if not request.done:
+                    request.fail(failure)
+
     def _wake_first(self) -> None:
         if self._queue:
             with contextlib.suppress(IndexError):
                 self._queue[0].wake()
 
-    def _next_batch(self) -> list[_Request]:
-        """What has queued; then, while requests are being decoded or fewer have come than
-        in the last batch, what queues within `max_wait` (so a lone client never waits)."""
-        batch = self._take()
+    def _next_batch(self, batch: list[_Request]) -> None:
+        """What has queued, into `batch`; then, while requests are being decoded or fewer have
+        come than in the last batch, what queues within `max_wait` (so a lone client never
+        waits). `batch` holds what was taken even if this raises."""
+        batch += self._take()
         if not batch:  # this thread's request was predicted by the leader that just finished
-            return batch
+            return
         rows = sum(len(request.data) for request in batch)
         deadline = time.monotonic() + self.max_wait
         while (
@@ -198,7 +220,6 @@ class Batcher:
             batch += more
             rows += sum(len(request.data) for request in more)
         self._expected = len(batch)
-        return batch
 
     def _take(self, room: int | None = None) -> list[_Request]:
         """Queued requests, oldest first, up to `room` rows (the oldest one always, when `room`
@@ -210,15 +231,22 @@ class Batcher:
             size = len(self._queue[0].data)
             if size > room and (taken or not first):
                 break
-            taken.append(self._queue.popleft())
+            request = self._queue.popleft()
+            request.taken = True
+            taken.append(request)
             room -= size
         return taken
 
     def predict_batch(self, batch: list[_Request]) -> None:
-        """Predict each group of same-keyed inputs in one call; never raises."""
+        """Predict each group of same-keyed inputs in one call. A request whose deadline has
+        passed is not predicted: its thread has answered 504, or is about to."""
         groups: dict[tuple, list[_Request]] = {}
+        now = time.monotonic()
         for request in batch:
-            groups.setdefault(request.key, []).append(request)
+            if request.deadline <= now:
+                request.fail(TimeoutError())
+            else:
+                groups.setdefault(request.key, []).append(request)
         for group in groups.values():
             if len(group) == 1 or not self.enabled:
                 for request in group:
@@ -244,7 +272,7 @@ class Batcher:
             for request in group:
                 self._predict_one(request)
             return
-        for request, part in zip(group, parts, strict=True):
+        for request, part in zip(group, parts):  # as many parts as lengths
             request.answer(part)
 
     def _predict_one(self, request: _Request) -> None:

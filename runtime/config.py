@@ -19,6 +19,8 @@ class ServerConfig:
     workers: int = 1
     threads: int = 8
     timeout: int = 60
+    read_timeout: int = 60  # a request's first byte to its last; 408 beyond
+    keepalive: int = 5  # how long an idle connection stays open
     graceful_timeout: int = 8
     max_request_bytes: int = 100 * 1024 * 1024
     log_format: str = "plain"
@@ -45,6 +47,8 @@ class ServerConfig:
             workers=_positive_int(env, "MLIMG_WORKERS", available_cpus()),
             threads=_positive_int(env, "MLIMG_THREADS", cls.threads),
             timeout=_positive_int(env, "MLIMG_TIMEOUT", 60),
+            read_timeout=_positive_int(env, "MLIMG_READ_TIMEOUT", cls.read_timeout),
+            keepalive=_positive_int(env, "MLIMG_KEEPALIVE", cls.keepalive),
             graceful_timeout=_positive_int(env, "MLIMG_GRACEFUL_TIMEOUT", 8),
             max_request_bytes=_positive_int(env, "MLIMG_MAX_REQUEST_BYTES", cls.max_request_bytes),
             log_format=log_format,

@@ -22,7 +22,9 @@ from gunicorn.arbiter import Arbiter
 
 from mlimg_runtime.app import ServedModel, create_app
 from mlimg_runtime.config import ServerConfig
+from mlimg_runtime.front import Limits
 from mlimg_runtime.logs import access_logger_class, configure_logging
+from mlimg_runtime.worker import EventLoopWorker
 
 log = logging.getLogger("mlimg_runtime")
 
@@ -142,11 +144,21 @@ def _exit_code(exc: BaseException | None) -> int:
     return exc.code & 0xFF if isinstance(exc.code, int) else 1
 
 
+def front_limits(config: ServerConfig) -> Limits:
+    return Limits(
+        max_body=config.max_request_bytes,
+        request_timeout=float(config.timeout),
+        read_timeout=float(config.read_timeout),
+        idle_timeout=float(config.keepalive),
+    )
+
+
 def gunicorn_options(config: ServerConfig, loader: _ModelLoader) -> dict[str, Any]:
+    worker = type("ConfiguredWorker", (EventLoopWorker,), {"limits": front_limits(config)})
     return {
         "bind": f"{config.host}:{config.port}",
         "workers": config.workers,
-        "worker_class": "gthread",
+        "worker_class": worker,
         "threads": config.threads,
         # Each worker listens on a socket of its own (SO_REUSEPORT) and the kernel spreads new
         # connections across them; on one shared socket, one worker can take every
@@ -155,7 +167,7 @@ def gunicorn_options(config: ServerConfig, loader: _ModelLoader) -> dict[str, An
         # gunicorn's own timeout is a backstop: requests get 504 after config.timeout.
         "timeout": config.timeout + 30,
         "graceful_timeout": config.graceful_timeout,
-        "keepalive": 5,
+        "keepalive": config.keepalive,
         "accesslog": "-",
         "errorlog": "-",
         "logger_class": access_logger_class(config.log_format, config.log_flush_ms),

@@ -3,6 +3,7 @@ exactly its own answer (or its own error)."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -11,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlimg_runtime.batching import Batcher, row_wise, split_rows
+from mlimg_runtime.batching import Batcher, _Request, row_wise, split_rows
 from mlimg_runtime.codecs import Rows
 
 
@@ -235,3 +236,93 @@ def test_row_wise_flavors() -> None:
     assert row_wise({"python_function": {}, "sklearn": {}})
     assert not row_wise({"python_function": {}})
     assert not row_wise(None)
+
+
+class Fault(Exception):
+    """Injected by a test."""
+
+
+# Every step of the batch path a fault can be injected into, as (object, attribute).
+FAULT_POINTS = [
+    ("batcher", "_take"),
+    ("batcher", "_next_batch"),
+    ("batcher", "predict_batch"),
+    ("batcher", "_predict_group"),
+    ("module", "_joined"),
+    ("module", "split_rows"),
+    ("module", "as_frame"),
+    ("model", "predict"),
+]
+
+
+@pytest.mark.parametrize(("where", "name"), FAULT_POINTS)
+def test_a_fault_anywhere_in_a_batch_answers_every_request_in_time(
+    where: str, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests under concurrency, a fault raised at one step (every other call): each request
+    ends with its predictions, an error or TimeoutError by its deadline plus a second, and no
+    thread spins (the number of batches led stays small)."""
+    import mlimg_runtime.batching as batching
+
+    model = RowWiseModel()
+    batcher = Batcher(model.predict, max_rows=64, max_wait=0.002)
+    target = {"batcher": batcher, "module": batching, "model": model}[where]
+    original = getattr(target, name)
+    calls = {"n": 0}
+
+    def faulty(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] % 2:
+            raise Fault(f"injected into {name}")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, faulty)
+    led = {"n": 0}
+
+    class CountedLock:  # counts the turns taken to lead a batch
+        def __init__(self) -> None:
+            self.lock = threading.Lock()
+
+        def acquire(self, blocking: bool = True) -> bool:
+            taken = self.lock.acquire(blocking)
+            led["n"] += taken
+            return taken
+
+        def release(self) -> None:
+            self.lock.release()
+
+    batcher._leading = CountedLock()
+    timeout = 1.0
+
+    def one(i: int) -> tuple[str, float]:
+        started = time.monotonic()
+        try:
+            batcher.predict(frame(i), timeout)
+            outcome = "answer"
+        except TimeoutError:
+            outcome = "timeout"
+        except Exception as exc:
+            outcome = type(exc).__name__
+        return outcome, time.monotonic() - started
+
+    pool = ThreadPoolExecutor(16)
+    futures = [pool.submit(one, i) for i in range(48)]
+    done, _ = concurrent.futures.wait(futures, timeout=timeout + 5)
+    pool.shutdown(wait=False)
+    assert len(done) == 48, f"{48 - len(done)} requests never answered; {led['n']} batches led"
+    results = [future.result() for future in futures]
+    assert all(seconds < timeout + 1 for _, seconds in results), results
+    assert {outcome for outcome, _ in results} <= {"answer", "timeout", "Fault", "PredictionFailed"}
+    assert led["n"] < 200, f"{led['n']} batches led for 48 requests: a thread spins"
+
+
+def test_a_leader_does_not_predict_a_request_past_its_deadline() -> None:
+    model = RowWiseModel()
+    batcher = Batcher(model.predict, max_rows=64, max_wait=0)
+    expired = _Request(frame(7.0), time.monotonic() - 0.1)
+    live = _Request(frame(1.0), time.monotonic() + 5)
+    batcher.predict_batch([expired, live])
+    assert model.calls == [1]
+    with pytest.raises(TimeoutError):
+        expired.outcome()
+    assert live.outcome().tolist() == [2.0]

@@ -8,7 +8,6 @@ import logging
 import os
 import socket
 import time
-from types import SimpleNamespace
 
 import pytest
 from gunicorn.config import Config
@@ -125,8 +124,7 @@ def test_access_logger_batches_json_lines_to_stdout(capfd) -> None:
     handler = access_handler(logger)
     assert isinstance(handler, BatchedLineHandler)
     environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/invocations", "REMOTE_ADDR": "1.2.3.4"}
-    response = SimpleNamespace(status_code=200, sent=20)
-    logger.access(response, SimpleNamespace(), environ, dt.timedelta(milliseconds=2.5))
+    logger.request(environ, 200, 20, dt.timedelta(milliseconds=2.5))
     handler.flush()
     line = json.loads(capfd.readouterr().out)
     assert line["message"] == "request"
@@ -143,6 +141,5 @@ def test_access_logger_writes_each_line_at_once_when_told(capfd) -> None:
     handler = access_handler(logger)
     assert not isinstance(handler, BatchedLineHandler)
     environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/ping", "REMOTE_ADDR": "1.2.3.4"}
-    request = SimpleNamespace(uri="/ping", version=(1, 1))
-    logger.access(SimpleNamespace(status_code=200, sent=1), request, environ, dt.timedelta(0))
+    logger.request(environ, 200, 1, dt.timedelta(0))
     assert capfd.readouterr().out == '1.2.3.4 "GET /ping HTTP/1.1" 200 1 0ms\n'

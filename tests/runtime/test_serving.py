@@ -1,0 +1,164 @@
+"""The runtime as a process (`python -m mlimg_runtime`) on loopback: start-up swap, attacks,
+deadlines. Each test starts its own server and stops it, even on failure."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.probes import answers_ping
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def runtime(model: Path, wait: bool = True, **settings: str) -> Iterator[int]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "MLIMG_MODEL_PATH": str(model),
+        "MLIMG_HOST": "127.0.0.1",
+        "PORT": str(port),
+        "MLIMG_WORKERS": "2",
+        **settings,
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlimg_runtime"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while wait and not answers_ping(f"http://127.0.0.1:{port}"):
+            assert process.poll() is None, "the server exited"
+            assert time.monotonic() < deadline, "the server never answered /ping"
+            time.sleep(0.1)
+        yield port
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def poll_ping(port: int, keep_alive: bool, seconds: float = 60) -> tuple[list[int], list[str]]:
+    """GET /ping from the moment the port opens until 100 answers of 200 in a row: the
+    statuses seen (runs collapsed) and every connection error after the first answer."""
+    runs: list[int] = []
+    errors: list[str] = []
+    connection = None
+    in_a_row = 0
+    deadline = time.monotonic() + seconds
+    while in_a_row < 100 and time.monotonic() < deadline:
+        try:
+            if connection is None or not keep_alive:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            connection.request("GET", "/ping")
+            response = connection.getresponse()
+            response.read()
+            if not keep_alive:
+                connection.close()
+        except ConnectionRefusedError:
+            connection = None
+            if runs:
+                errors.append("connection refused after the port had answered")
+            time.sleep(0.005)
+            continue
+        except (OSError, http.client.HTTPException) as exc:
+            connection = None
+            errors.append(repr(exc))
+            continue
+        if not runs or runs[-1] != response.status:
+            runs.append(response.status)
+        in_a_row = in_a_row + 1 if response.status == 200 else 0
+    return runs, errors
+
+
+@pytest.mark.parametrize("keep_alive", [False, True], ids=["new-connections", "keep-alive"])
+def test_the_start_up_swap_drops_nothing(example_model: Path, keep_alive: bool) -> None:
+    """A client polling from the moment the port opens sees 503s, then 200s, and no error."""
+    with runtime(example_model, wait=False) as port:
+        runs, errors = poll_ping(port, keep_alive)
+    assert runs == [503, 200]
+    assert errors == []
+
+
+def test_slow_and_silent_clients_do_not_deny_service(example_model: Path) -> None:
+    """200 slowloris and 2,000 silent connections held while a client sends ordinary requests:
+    every one answered 200 in time, /ping stays 200."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 4096:
+        pytest.skip(f"the open-file limit ({hard}) is too low for 2,200 connections")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
+    body = (example_model / "serving_input_example.json").read_bytes()
+    head = b"POST /invocations HTTP/1.1\r\nContent-Type: application/json\r\n"
+    with runtime(example_model) as port:
+        silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(2000)]
+        slow = [socket.create_connection(("127.0.0.1", port)) for _ in range(200)]
+        latencies, statuses = [], []
+        try:
+            deadline = time.monotonic() + 8
+            step = 0
+            while time.monotonic() < deadline:
+                for sock in slow:  # headers trickled a byte at a time
+                    with contextlib.suppress(OSError):
+                        sock.send(head[step % len(head) : step % len(head) + 1])
+                step += 1
+                started = time.monotonic()
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                connection.request(
+                    "POST", "/invocations", body, {"Content-Type": "application/json"}
+                )
+                response = connection.getresponse()
+                response.read()
+                statuses.append(response.status)
+                latencies.append(time.monotonic() - started)
+                connection.request("GET", "/ping")
+                ping = connection.getresponse()
+                ping.read()
+                statuses.append(ping.status)
+                connection.close()
+        finally:
+            for sock in silent + slow:
+                sock.close()
+    latencies.sort()
+    assert set(statuses) == {200}
+    assert len(latencies) > 20
+    assert latencies[len(latencies) // 2] < 0.1, latencies
+
+
+def test_the_deadline_covers_decoding(sklearn_model: Path) -> None:
+    """A CSV that takes long to decode is answered by its deadline (plus the front end's second),
+    not when decoding ends."""
+    columns = 200_000
+    csv = (",".join(f"c{i}" for i in range(columns)) + "\n") + (
+        ",".join("1.5" for _ in range(columns)) + "\n"
+    ) * 20
+    with runtime(sklearn_model, MLIMG_TIMEOUT="2") as port:
+        started = time.monotonic()
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        connection.request("POST", "/invocations", csv.encode(), {"Content-Type": "text/csv"})
+        response = connection.getresponse()
+        answer = json.loads(response.read())
+        seconds = time.monotonic() - started
+    assert seconds < 2 + 1.5, (seconds, answer)
+    assert response.status in (400, 504), answer
