@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,13 @@ from mlimg.requirements import (
 from mlimg.uris import ResolvedModel
 
 PYFUNC_FLAVOR = "python_function"
+# A conda match spec as conda.yaml writes them ("numpy", "numpy>=1.2,<2", "python=3.11.*",
+# "conda-forge::pytorch=2.1=py311_0"), and no more: nothing a shell or YAML would read twice.
+_CONDA_SPEC = re.compile(
+    r"(?:[A-Za-z0-9_.\-]+(?:/[A-Za-z0-9_.\-]+)*::)?[A-Za-z0-9_][A-Za-z0-9_.\-]*"
+    r"(?: ?[=<>!~]{1,2} ?[A-Za-z0-9_.*+!,|<>=~\-]+| [A-Za-z0-9_.*+!,|<>=~\-]+){0,2}"
+)
+_CONDA_CHANNEL = re.compile(r"[A-Za-z0-9_.\-]+(?:/[A-Za-z0-9_.\-]+)*|https?://[^\s@?#]+")
 _PYTHON_VERSION = re.compile(r"^3\.\d+(\.\d+)?$")
 
 
@@ -66,6 +75,8 @@ def load_local_model(resolved: ResolvedModel) -> LocalModel:
 
 def _load(resolved: ResolvedModel) -> LocalModel:
     path = resolved.path
+    if path.is_dir():
+        check_model_tree(path)
     mlmodel = _read_mlmodel(path)
     flavors = mlmodel["flavors"]
     if PYFUNC_FLAVOR not in flavors:
@@ -76,6 +87,8 @@ def _load(resolved: ResolvedModel) -> LocalModel:
     pyfunc = flavors[PYFUNC_FLAVOR] or {}
     python_env = _read_yaml_file(path / "python_env.yaml", required=False)
     conda_env = _read_yaml_file(path / "conda.yaml", required=False)
+    if conda_env is not None:
+        check_conda_env(path, conda_env)
     requirements, build_requirements = _read_environment(path, python_env, conda_env)
     return LocalModel(
         path=path,
@@ -96,6 +109,52 @@ def _load(resolved: ResolvedModel) -> LocalModel:
         serving_example=_serving_example(path, mlmodel),
         metadata=mlmodel,
     )
+
+
+def check_model_tree(root: Path) -> None:
+    """Refuse a model directory holding anything that would carry a file from outside it into
+    an image or a server: a symbolic link whose target resolves outside the directory (or
+    nowhere), or a special file (FIFO, socket, device). Links that stay inside are allowed;
+    the renderer copies them as links. MLflow refuses the same models ("resolved path is
+    outside the artifact directory")."""
+    real_root = Path(os.path.realpath(root))
+    for directory, subdirs, names in os.walk(root):  # does not descend into linked directories
+        for name in subdirs + names:
+            entry = Path(directory, name)
+            relative = entry.relative_to(root).as_posix()
+            try:
+                mode = entry.lstat().st_mode
+            except OSError as exc:
+                raise InvalidModel(f"{root}: cannot read {relative}: {exc.strerror}") from None
+            if stat.S_ISLNK(mode):
+                target = Path(os.path.realpath(entry))
+                if not target.is_relative_to(real_root) or target == real_root:
+                    raise InvalidModel(
+                        f"{root}: {relative} is a symbolic link to {os.readlink(entry)}, which "
+                        "lies outside the model directory; copy the file into the model instead"
+                    )
+                if not target.exists():
+                    raise InvalidModel(
+                        f"{root}: {relative} is a symbolic link to {os.readlink(entry)}, "
+                        "which does not exist"
+                    )
+            elif not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise InvalidModel(
+                    f"{root}: {relative} is not a regular file or directory (a FIFO, socket or "
+                    "device); a model directory may hold only files, directories and links "
+                    "within it"
+                )
+
+
+def inside_model(root: Path, relative: str, what: str) -> Path:
+    """`root / relative` for a path that MLmodel names, refused when it is absolute or
+    resolves outside the model directory."""
+    if os.path.isabs(relative):
+        raise InvalidModel(f"{root}/MLmodel: {what} {relative!r} is an absolute path")
+    path = root / relative
+    if not Path(os.path.realpath(path)).is_relative_to(os.path.realpath(root)):
+        raise InvalidModel(f"{root}/MLmodel: {what} {relative!r} lies outside the model directory")
+    return path
 
 
 def _read_mlmodel(path: Path) -> dict[str, Any]:
@@ -147,6 +206,34 @@ def _read_environment(
     )
 
 
+def check_conda_env(path: Path, conda_env: Any) -> None:
+    """conda.yaml gets the same strict reading as pip lines: each dependency a plain match
+    spec (or the pip list, read as requirements), each channel a name or an http(s) URL."""
+    where = f"{path}/conda.yaml"
+    if not isinstance(conda_env, dict):
+        raise InvalidModel(f"{where} is malformed: expected a YAML mapping")
+    channels = conda_env.get("channels") or []
+    if not isinstance(channels, list):
+        raise InvalidModel(f"{where} is malformed: 'channels' must be a list")
+    for channel in channels:
+        if not isinstance(channel, str) or not _CONDA_CHANNEL.fullmatch(channel):
+            raise InvalidModel(
+                f"{where}: channel {str(channel)[:80]!r} is not a channel name or an http(s) "
+                "URL without credentials"
+            )
+    dependencies = conda_env.get("dependencies") or []
+    if not isinstance(dependencies, list):
+        raise InvalidModel(f"{where} is malformed: 'dependencies' must be a list")
+    for dependency in dependencies:
+        if isinstance(dependency, dict) and set(dependency) == {"pip"}:
+            continue  # read as requirements, line by line
+        if not isinstance(dependency, str) or not _CONDA_SPEC.fullmatch(dependency):
+            raise InvalidModel(
+                f"{where}: dependency {str(dependency)[:80]!r} is not a conda match spec "
+                "(such as 'numpy', 'numpy>=1.24,<2' or 'python=3.11')"
+            )
+
+
 def _conda_pip_lines(conda_env: dict[str, Any]) -> list[str]:
     for dep in conda_env.get("dependencies") or []:
         if isinstance(dep, dict) and "pip" in dep:
@@ -184,10 +271,16 @@ def _python_version(path: Path, python_env: Any, pyfunc: dict[str, Any], conda_e
 def _serving_example(path: Path, mlmodel: dict[str, Any]) -> Any:
     """The model's own request example: serving_input_example.json, else input_example.json."""
     info = mlmodel.get("saved_input_example_info") or {}
-    serving = path / (info.get("serving_input_path") or "serving_input_example.json")
+    if not isinstance(info, dict):
+        raise InvalidModel(
+            f"{path}/MLmodel is malformed: 'saved_input_example_info' is not a mapping"
+        )
+    serving_name = str(info.get("serving_input_path") or "serving_input_example.json")
+    serving = inside_model(path, serving_name, "serving_input_path")
     if serving.is_file():
         return _read_json(serving)
-    example_file = path / (info.get("artifact_path") or "input_example.json")
+    example_name = str(info.get("artifact_path") or "input_example.json")
+    example_file = inside_model(path, example_name, "saved_input_example_info.artifact_path")
     if not example_file.is_file():
         return None
     example = _read_json(example_file)

@@ -185,16 +185,24 @@ def check_index_url(option: str, url: str) -> None:
 
 
 def has_credentials(url: str | None) -> bool:
-    return bool(url) and "@" in urlsplit(url).netloc
+    """Whether a URL may carry a secret: user info (`user:token@host`) or a query string
+    (`?private_token=...`); package indexes need neither."""
+    if not url:
+        return False
+    parts = urlsplit(url)
+    return "@" in parts.netloc or bool(parts.query) or bool(parts.fragment)
 
 
 def redact_url(url: str) -> str:
-    """The URL with any user:password replaced, for messages and labels."""
+    """The URL with any user info, query and fragment replaced, for messages and labels."""
     parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return parts._replace(netloc=f"***@{host}").geturl()
+    if "@" in parts.netloc:
+        parts = parts._replace(netloc=f"***@{parts.netloc.rsplit('@', 1)[1]}")
+    if parts.query:
+        parts = parts._replace(query="***")
+    if parts.fragment:
+        parts = parts._replace(fragment="***")
+    return parts.geturl()
 
 
 def runtime_requirement_lines() -> list[str]:

@@ -19,19 +19,22 @@ from dataclasses import dataclass
 from importlib.resources import as_file, files
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import certifi
 import yaml
 from jinja2 import FileSystemLoader, StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
+from packaging.requirements import Requirement
 
 import mlimg
 from mlimg.errors import OutputExists
 from mlimg.model import LocalModel
 from mlimg.plan import UV_VERSION, BuildPlan, has_credentials, redact_url
-from mlimg.requirements import ModelRequirement
+from mlimg.requirements import ModelRequirement, file_url_path
 
 MARKER = "mlimg/context.json"  # marks a directory as one that mlimg wrote (and may replace)
+_BUILD_ENV_DIR = "/tmp/mlimg/env"  # where every template copies the context's env/
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -113,14 +116,31 @@ def _atomic_directory(dest: Path) -> Iterator[Path]:
 def _write_environment(plan: BuildPlan, env_dir: Path) -> None:
     env_dir.mkdir()
     model = plan.model
-    _write_lines(env_dir / "requirements.txt", [str(req) for req in plan.requirements])
+    requirements = [_in_build_stage(req, model.path, env_dir) for req in plan.requirements]
+    _write_lines(env_dir / "requirements.txt", [str(req) for req in requirements])
     if model.build_requirements:
-        _write_lines(
-            env_dir / "build-requirements.txt", [str(req) for req in model.build_requirements]
-        )
+        build = [_in_build_stage(req, model.path, env_dir) for req in model.build_requirements]
+        _write_lines(env_dir / "build-requirements.txt", [str(req) for req in build])
     if plan.env_manager == "conda":
-        conda_yaml = yaml.safe_dump(conda_environment(model, plan.requirements), sort_keys=False)
+        conda_yaml = yaml.safe_dump(conda_environment(model, requirements), sort_keys=False)
         (env_dir / "conda.yaml").write_text(conda_yaml, encoding="utf-8")
+
+
+def _in_build_stage(item: ModelRequirement, model_dir: Path, env_dir: Path) -> ModelRequirement:
+    """A requirement as the build stage sees it: a `file:` URL inside the model (the only
+    kind `requirements` lets through) becomes a copy under the context's env/files."""
+    url = item.requirement.url
+    path = file_url_path(url) if url else None
+    if path is None:
+        return item
+    inside = Path(os.path.relpath(os.path.realpath(path), os.path.realpath(model_dir)))
+    copy = env_dir / "files" / inside
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, copy)
+    os.chmod(copy, 0o644)
+    build_url = f"file://{_BUILD_ENV_DIR}/files/{quote(inside.as_posix())}"
+    requirement = Requirement(str(item.requirement).replace(url, build_url, 1))
+    return ModelRequirement(requirement, item.source)
 
 
 def conda_environment(
@@ -171,7 +191,12 @@ def _write_mlimg_files(plan: BuildPlan, mlimg_dir: Path) -> None:
 
 
 def _copy_tree(src: Path, dest: Path, link: bool) -> None:
-    """Copy a tree with modes the image's unprivileged user can read; skip bytecode caches."""
+    """Copy a tree with modes the image's unprivileged user can read; skip bytecode caches.
+
+    Symbolic links are copied as links, never followed (`model.check_model_tree` has made
+    sure that each stays inside the model); one with an absolute target is made relative, so
+    that it still points at the same file inside the image.
+    """
 
     def copy_file(source: str, target: str) -> None:
         mode = os.stat(source).st_mode
@@ -188,11 +213,19 @@ def _copy_tree(src: Path, dest: Path, link: bool) -> None:
     shutil.copytree(
         src,
         dest,
+        symlinks=True,
         copy_function=copy_file,
         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
     )
-    for directory, _, _ in os.walk(dest):
+    real_src = os.path.realpath(src)
+    for directory, subdirs, names in os.walk(dest):
         os.chmod(directory, 0o755)
+        for name in subdirs + names:
+            entry = os.path.join(directory, name)
+            if os.path.islink(entry) and os.path.isabs(os.readlink(entry)):
+                inside = os.path.relpath(os.path.realpath(os.readlink(entry)), real_src)
+                os.unlink(entry)
+                os.symlink(os.path.relpath(os.path.join(dest, inside), directory), entry)
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:

@@ -8,9 +8,11 @@ option or a shell fragment into the build.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from packaging.requirements import InvalidRequirement as _PackagingInvalid
 from packaging.requirements import Requirement
@@ -19,6 +21,8 @@ from packaging.utils import canonicalize_name
 from mlimg.errors import InvalidRequirement, RequirementConflict
 
 _INCLUDE_OPTIONS = ("-r", "--requirement")
+# Where a direct reference (`name @ URL`) may point: the network, or a file inside the model.
+_URL_SCHEMES = ("https", "http", "git+https", "git+http")
 _MAX_INCLUDE_DEPTH = 5
 
 
@@ -37,14 +41,45 @@ class ModelRequirement:
         return str(self.requirement)
 
 
-def parse_requirement(line: str, source: str) -> ModelRequirement:
-    """Parse one PEP 508 requirement, or say which line is not one."""
+def parse_requirement(line: str, source: str, base_dir: Path | None = None) -> ModelRequirement:
+    """Parse one PEP 508 requirement, or say which line is not one. A direct reference must
+    be an http(s) URL, or a file URL inside `base_dir` (the model directory) when one is given."""
     try:
-        return ModelRequirement(Requirement(line), source)
+        requirement = ModelRequirement(Requirement(line), source)
     except _PackagingInvalid as exc:
         raise InvalidRequirement(
             f"{source}: {_shorten(line)!r} is not a valid PEP 508 requirement ({exc})"
         ) from None
+    url = requirement.requirement.url
+    if url is not None:
+        _check_direct_reference(url, source, base_dir)
+    return requirement
+
+
+def file_url_path(url: str) -> Path | None:
+    """The local path a `file:` URL names, or None for any other URL."""
+    parts = urlsplit(url)
+    if parts.scheme != "file":
+        return None
+    return Path(unquote(parts.path))
+
+
+def _check_direct_reference(url: str, source: str, base_dir: Path | None) -> None:
+    scheme = urlsplit(url).scheme.lower()
+    path = file_url_path(url)
+    if path is not None and base_dir is not None:
+        real = os.path.realpath(path)
+        if Path(real).is_relative_to(os.path.realpath(base_dir)) and os.path.isfile(real):
+            return
+        raise InvalidRequirement(
+            f"{source}: {_shorten(url)!r} is a file outside the model directory (or no file); "
+            "a direct reference may name a file inside the model or an http(s) URL"
+        )
+    if scheme not in _URL_SCHEMES:
+        raise InvalidRequirement(
+            f"{source}: {_shorten(url)!r} is not an http(s) URL; a direct reference may name "
+            "a file inside the model or an http(s) URL"
+        )
 
 
 def parse_requirements(
@@ -64,7 +99,7 @@ def parse_requirements(
         if line.startswith("-"):
             result.extend(_parse_include(line, where, base_dir, _depth))
         else:
-            result.append(parse_requirement(line, where))
+            result.append(parse_requirement(line, where, base_dir))
     return result
 
 
