@@ -107,7 +107,7 @@ class _Scorer:
         self.config = config
         self.deadline = _Deadline(config.timeout, config.threads)
         self.batcher = Batcher(
-            lambda frame: predict(served.model, frame, {}),
+            lambda frame: predict(served.model, frame, {}, config.include_traceback),
             max_rows=config.max_batch_rows,
             max_wait=config.batch_wait_ms / 1000,
         )
@@ -152,7 +152,10 @@ class _Scorer:
                 arrival.arrived()
                 data = as_frame(data)
                 predictions = self.deadline.run(
-                    lambda: predict(served.model, data, model_input.params), started
+                    lambda: predict(
+                        served.model, data, model_input.params, self.config.include_traceback
+                    ),
+                    started,
                 )
         return _encode(predictions, model_input)
 
@@ -224,8 +227,17 @@ def _encode(predictions: Any, model_input: ModelInput) -> bytes:
         raise PredictionFailed(f"the model's output cannot be encoded as JSON: {exc}") from exc
 
 
-def predict(model: Any, data: Any, params: dict[str, Any]) -> Any:
-    """model.predict, with its failures sorted: bad input is the client's, the rest the model's."""
+# Exceptions a model raises on input that passed the schema, taken as the client's input being
+# wrong (400): scikit-learn, numpy and pandas raise ValueError for NaN, a wrong shape or an
+# empty input, TypeError for a value of the wrong type. Anything else is the model's (500).
+CLIENT_ERRORS = (ValueError, TypeError)
+
+
+def predict(model: Any, data: Any, params: dict[str, Any], tracebacks: bool = False) -> Any:
+    """model.predict, with its failures sorted: bad input is the client's, the rest the model's.
+
+    Each failure is one log line; with `tracebacks` (MLIMG_INCLUDE_TRACEBACK), its traceback.
+    """
     from mlflow.exceptions import MlflowException
 
     try:
@@ -234,13 +246,17 @@ def predict(model: Any, data: Any, params: dict[str, Any]) -> Any:
         # mlflow raises these for input or params that do not fit the model's signature.
         status = exc.get_http_status_code() if hasattr(exc, "get_http_status_code") else 400
         if status >= 500:
+            log.error("the model failed: %s", _short(exc.message), exc_info=tracebacks)
             raise PredictionFailed(_short(exc.message)) from exc
         raise BadRequest(_short(exc.message)) from None
+    except CLIENT_ERRORS as exc:
+        message = f"the model refused the input: {type(exc).__name__}: {_short(str(exc))}"
+        log.info("%s", message, exc_info=tracebacks)
+        raise BadRequest(message) from exc
     except Exception as exc:
-        log.exception("the model raised while predicting")
-        raise PredictionFailed(
-            f"the model raised {type(exc).__name__}: {_short(str(exc))}"
-        ) from exc
+        message = f"the model raised {type(exc).__name__}: {_short(str(exc))}"
+        log.error("%s", message, exc_info=tracebacks)
+        raise PredictionFailed(message) from exc
 
 
 class _Deadline:

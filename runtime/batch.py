@@ -26,7 +26,7 @@ import pandas as pd
 from mlimg_runtime.app import predict
 from mlimg_runtime.codecs import (
     Signature,
-    csv_dtypes,
+    csv_options,
     decode_json,
     json_default,
     jsonable,
@@ -80,10 +80,11 @@ def _csv_chunks(
 ) -> Iterator[tuple[pd.DataFrame, dict[str, Any]]]:
     progress = _Progress(source, size)
     text = io.TextIOWrapper(source, encoding="utf-8")
-    dtypes = csv_dtypes(signature) or None
-    reader = pd.read_csv(text, chunksize=chunk_rows, dtype=dtypes)
     rows = 0
     try:
+        first = text.readline()  # whether it is a header is decided as for a request
+        options = csv_options(first, signature)
+        reader = pd.read_csv(_Prefixed(first, text), chunksize=chunk_rows, **options)
         for chunk in reader:
             rows += len(chunk)
             yield prepare_frame(chunk, signature), {}
@@ -92,6 +93,32 @@ def _csv_chunks(
         raise BadRequest(f"the CSV input could not be read near row {rows}: {exc}") from None
     finally:
         progress.done(rows)
+
+
+class _Prefixed(io.TextIOBase):
+    """A text stream whose first line was read already, given back in front of the rest."""
+
+    def __init__(self, first: str, rest: IO[str]):
+        self._first = first
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> str:
+        if not self._first:
+            return self._rest.read(size)
+        if size is None or size < 0:
+            text, self._first = self._first + self._rest.read(), ""
+            return text
+        text, self._first = self._first[:size], self._first[size:]
+        return text
+
+    def readline(self, size: int | None = -1) -> str:
+        if self._first:
+            text, self._first = self._first, ""
+            return text
+        return self._rest.readline(size)
 
 
 class _CsvWriter:

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import csv
 import datetime as dt
 import io
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +51,12 @@ class Signature:
     input_schema: Any = None  # mlflow.types.Schema or None
     param_names: frozenset[str] = frozenset()
     column_types: dict[str, str] = field(default_factory=dict)  # named DataType columns
+    tensor_dtype: Any = None  # numpy dtype of a single unnamed tensor input
+
+    @property
+    def text_tensor(self) -> bool:
+        """An unnamed tensor of anything but numbers: a CSV header cannot be told apart."""
+        return self.tensor_dtype is not None and self.tensor_dtype.kind not in "biuf"
 
     @classmethod
     def of(cls, model: Any) -> Signature:
@@ -63,7 +72,10 @@ class Signature:
                 if isinstance(kind, str):
                     column_types[spec.name] = kind
         names = frozenset(p.name for p in params.params) if params is not None else frozenset()
-        return cls(schema, names, column_types)
+        tensor_dtype = None
+        if schema is not None and schema.is_tensor_spec() and len(schema.inputs) == 1:
+            tensor_dtype = getattr(schema.inputs[0], "type", None)  # a numpy dtype
+        return cls(schema, names, column_types, tensor_dtype)
 
 
 NO_SIGNATURE = Signature()
@@ -107,7 +119,11 @@ class Rows:
         dtype = _NUMPY_TYPES.get(kinds.pop()) if len(kinds) == 1 else None
         if dtype is not None:  # one numeric type: the frame pandas would infer, in half the time
             return pd.DataFrame(np.array(data, dtype=dtype), columns=columns)
-        return pd.DataFrame(data=data, columns=columns)
+        frame = pd.DataFrame(data=data, columns=columns)
+        floats = [name for name, kind in zip(columns, parts[0].kinds) if kind is float]
+        if floats:  # whole numbers sent for float columns: pandas read them as integers
+            frame = frame.astype(dict.fromkeys(floats, np.float64))
+        return frame
 
 
 def as_frame(data: Any) -> Any:
@@ -156,30 +172,69 @@ def decode_csv(body: bytes, signature: Signature = NO_SIGNATURE) -> pd.DataFrame
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BadRequest(f"the CSV body is not UTF-8: {exc}") from None
-    dtypes = csv_dtypes(signature)
     try:
-        frame = pd.read_csv(io.StringIO(text), dtype=dtypes or None)
-        names = list(signature.column_types)
-        if (
-            names
-            and len(frame.columns) == len(names)
-            and not set(map(str, frame.columns)) & set(names)
-        ):
-            # A header-less CSV such as the spec's '1,2,3,4': its first line is data, in
-            # the signature's column order.
-            frame = pd.read_csv(io.StringIO(text), header=None, names=names, dtype=dtypes or None)
+        return pd.read_csv(io.StringIO(text), **csv_options(text, signature))
     except (ValueError, TypeError, OverflowError, pd.errors.ParserError) as exc:
         raise BadRequest(f"the CSV body could not be parsed: {_first_line(exc)}") from None
-    return frame
 
 
-def csv_dtypes(signature: Signature) -> dict[str, str]:
-    """Read typed where the signature names plain columns; binary and datetime are cast after."""
+def csv_options(start: str, signature: Signature) -> dict[str, Any]:
+    """pandas.read_csv's header, names and dtype for a CSV that begins with `start`."""
+    names = list(signature.column_types)
+    header = _has_header(start, names, signature)
     return {
+        "header": 0 if header else None,
+        "names": None if header or not names else names,
+        "dtype": csv_dtypes(signature),
+    }
+
+
+def _has_header(text: str, names: list[str], signature: Signature) -> bool:
+    """Whether the CSV's first line names its columns, decided from the signature and the line
+    itself, so that no row is ever read as a header by mistake (and silently dropped).
+
+    With named columns, the first line is data when none of its fields names a column and it
+    has one field per column (the spec's header-less '1,2,3,4'). Without, it is data when
+    every field is a number (or empty); a header has names. An unnamed tensor of strings
+    leaves no way to tell: such a request is refused with how to send it instead.
+    """
+    try:
+        first = next(csv.reader(io.StringIO(text)), [])
+    except csv.Error as exc:
+        raise BadRequest(f"the CSV body could not be parsed: {_first_line(exc)}") from None
+    if names:
+        return bool(set(first) & set(names)) or len(first) != len(names)
+    numeric = all(_is_number(field) for field in first)
+    if signature.text_tensor and not numeric:
+        raise BadRequest(
+            "the model takes a tensor of strings, so a CSV body cannot say whether its first "
+            'line is a header or a row: send JSON instead ({"inputs": [...]})'
+        )
+    return not numeric
+
+
+def _is_number(field: str) -> bool:
+    field = field.strip()
+    if not field:
+        return True  # a missing value, not a column's name
+    try:
+        float(field)
+    except ValueError:
+        return False
+    return True
+
+
+def csv_dtypes(signature: Signature) -> Any:
+    """Read typed where the signature names plain columns (binary and datetime are cast
+    after), or as the tensor's floats; None where it says nothing."""
+    if signature.tensor_dtype is not None and signature.tensor_dtype.kind == "f":
+        return signature.tensor_dtype  # every column: whole numbers read as floats
+    dtypes = {
         name: _PANDAS_TYPES[kind]
         for name, kind in signature.column_types.items()
         if kind in _PANDAS_TYPES
     }
+    return dtypes or None
 
 
 def decode_parquet(body: bytes) -> pd.DataFrame:
@@ -194,9 +249,30 @@ def decode_parquet(body: bytes) -> pd.DataFrame:
         raise BadRequest(f"the Parquet body could not be read: {_first_line(exc)}") from None
 
 
+def _not_a_json_number(constant: str) -> Any:
+    raise BadRequest(f"{constant} is not a JSON number (RFC 8259); send null for a missing value")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise BadRequest(f"{text[:40]} is out of the range of a double")
+    return value
+
+
+# An exponent of three digits or more: the only way a JSON number can overflow a double.
+_HUGE_EXPONENT = re.compile(rb"[0-9][eE][+]?[0-9]{3}")
+
+
 def decode_json(body: bytes, signature: Signature = NO_SIGNATURE, rows: bool = False) -> ModelInput:
+    # NaN and Infinity are not JSON; neither is a number beyond a double (1e400), which
+    # Python would read as infinity. Checking each float costs a call per number: it is
+    # done only for a body holding a large exponent.
+    floats = _finite if _HUGE_EXPONENT.search(body) else None
     try:
-        payload = json.loads(body)
+        payload = json.loads(body, parse_constant=_not_a_json_number, parse_float=floats)
+    except BadRequest:
+        raise
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(
             f"the body is not valid JSON ({_first_line(exc)}): {_prefix(body)}"
@@ -280,6 +356,9 @@ def _plain_rows(value: Any, signature: Signature) -> Rows | None:
     for index, kind in enumerate(kinds):
         if kind is int and not all(row[index] in _INT64_RANGE for row in data):
             return None  # pandas reads larger integers as uint64 or object, per request
+    # Whole numbers sent for a float column (JavaScript writes 2.0 as 2) are floats.
+    floating = tuple(signature.column_types.get(name) in _FLOAT_TYPES for name in columns)
+    kinds = tuple(float if kind is int and f else kind for kind, f in zip(kinds, floating))
     return Rows(tuple(columns), data, kinds)
 
 
@@ -323,6 +402,12 @@ def prepare_frame(frame: pd.DataFrame, signature: Signature) -> pd.DataFrame:
         decode = _COLUMN_DECODERS.get(kind)
         if decode is not None and name in frame.columns:
             frame[name] = decode(frame[name], name)
+        elif (
+            kind in _FLOAT_TYPES
+            and name in frame.columns
+            and pd.api.types.is_integer_dtype(frame[name])
+        ):  # whole numbers sent for a float column (JavaScript writes 2.0 as 2)
+            frame[name] = frame[name].astype(_PANDAS_TYPES[kind])
     return frame
 
 
@@ -414,6 +499,7 @@ def json_default(value: Any) -> Any:
     raise TypeError(f"the model returned a {type(value).__name__}, which has no JSON form")
 
 
+_FLOAT_TYPES = frozenset({"float", "double"})
 _PANDAS_TYPES = {
     "boolean": "bool",
     "integer": "int32",

@@ -69,7 +69,7 @@ _CODE = {
     "broken": """
         class Model(mlflow.pyfunc.PythonModel):
             def predict(self, context, model_input, params=None):
-                raise ValueError("this model always fails")
+                raise RuntimeError("this model always fails")
     """,
     "slow": """
         import time

@@ -227,7 +227,7 @@ FAILING_MODEL = textwrap.dedent(
 
     class Broken(mlflow.pyfunc.PythonModel):
         def predict(self, context, model_input, params=None):
-            raise ValueError("this model always fails")
+            raise RuntimeError("this model always fails")
 
 
     mlflow.models.set_model(Broken())

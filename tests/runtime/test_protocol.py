@@ -119,7 +119,7 @@ def test_stack_traces_only_when_enabled(loaded_models: dict) -> None:
     assert "stack_trace" not in plain
     config = ServerConfig(include_traceback=True)
     traced = client_for(loaded_models["broken"], config).post("/invocations", json=body).get_json()
-    assert "ValueError: this model always fails" in traced["stack_trace"]
+    assert "RuntimeError: this model always fails" in traced["stack_trace"]
 
 
 def test_error_messages_quote_only_a_prefix(clients: dict) -> None:
