@@ -33,7 +33,10 @@ from mlimg.plan import runtime_requirements
 
 _COMPLETE = ".mlimg-complete"
 _LOCK_WAIT_SECONDS = 1800
-_RUNTIME_MODULES = ("flask", "gunicorn", "mlflow")
+_RUNTIME_MODULES = ("flask", "gunicorn", "httptools", "mlflow")
+# What a cached environment must import before it is reused: the runtime's whole server and
+# the MLflow loader (a second or so), so that a damaged cache is found here, not at start-up.
+_IMPORT_CHECK = "import mlflow.pyfunc, mlimg_runtime.server, mlimg_runtime.batch"
 
 
 @dataclass(frozen=True)
@@ -73,9 +76,12 @@ def prepare_environment(
             raise EnvironmentFailed(f"the environment {path} stayed locked too long") from None
     try:
         if (path / _COMPLETE).is_file():
-            report(f"reusing the environment {path}")
-            return ModelEnvironment(_python_in(path), path, reused=True)
-        shutil.rmtree(path, ignore_errors=True)  # a creation that died half-way
+            problem = _broken(path)
+            if problem is None:
+                report(f"reusing the environment {path}")
+                return ModelEnvironment(_python_in(path), path, reused=True)
+            report(f"the cached environment {path} is broken ({problem}); creating it again")
+        shutil.rmtree(path, ignore_errors=True)  # a creation that died half-way, or broken
         report(
             f"creating a {env_manager} environment with Python {model.python_minor} and "
             f"{len(model.requirements)} requirements in {path}"
@@ -89,6 +95,30 @@ def prepare_environment(
         return ModelEnvironment(_python_in(path), path, reused=False)
     finally:
         lock.release()
+
+
+def _broken(path: Path) -> str | None:
+    """Why the environment at `path` cannot run the runtime, or None when it can."""
+    python = _python_in(path)
+    if not python.exists():
+        return f"{python} is missing"
+    with runtime_path() as runtime:
+        env = {**os.environ, "PYTHONPATH": str(runtime)}
+        env.pop("PYTHONHOME", None)
+        try:
+            result = subprocess.run(
+                [str(python), "-c", _IMPORT_CHECK],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return str(exc)
+    if result.returncode == 0:
+        return None
+    lines = result.stderr.strip().splitlines()
+    return lines[-1] if lines else f"exit code {result.returncode}"
 
 
 def environment_key(model: LocalModel, env_manager: str) -> str:

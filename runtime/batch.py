@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     signature = Signature.of(model)
     source = sys.stdin.buffer if args.input in (None, "-") else open(args.input, "rb")  # noqa: SIM115
-    to_csv = bool(args.output) and args.output.lower().endswith(".csv")
+    to_csv = args.format == "csv" if args.format else str(args.output).lower().endswith(".csv")
     sink = sys.stdout if args.output in (None, "-") else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
     try:
         if args.type == "csv":
@@ -206,6 +206,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", required=True)
     parser.add_argument("--input")
     parser.add_argument("--output")
+    parser.add_argument(
+        "--format", choices=("csv", "json"), help="of the output (by default, its suffix)"
+    )
     parser.add_argument("--type", choices=("csv", "json"), default="json")
     parser.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS)
     return parser.parse_args(argv)

@@ -326,3 +326,105 @@ def test_conda_without_a_conda_tool_is_named(sklearn_model: Path, tmp_path: Path
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "needs micromamba, mamba or conda on PATH" in result.stderr
     assert not any((tmp_path / "envs").glob("conda-*/bin"))
+
+
+def start_predict(uri: str, source: Path, target: Path, cache: Path, registry):
+    return mlimg(
+        "predict",
+        "-m",
+        uri,
+        "-i",
+        str(source),
+        "-o",
+        str(target),
+        "--chunk-rows",
+        "2000",
+        cache=cache,
+        registry=registry,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
+def batch_children(parent: int) -> list[int]:
+    """The pids of `mlimg_runtime.batch` processes whose parent is `parent` (or was)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if b"mlimg_runtime.batch" in cmdline and ppid in (parent, 1):
+                found.append(int(entry.name))
+    return found
+
+
+def test_two_predict_runs_on_one_output_leave_one_whole_file(
+    registry, cache_dir: Path, tmp_path: Path
+) -> None:
+    uri = f"models:/{registry.name}/1"
+    small, large = tmp_path / "small.csv", tmp_path / "large.csv"
+    iris(3_000).to_csv(small, index=False)
+    iris(60_000).to_csv(large, index=False)
+    target = tmp_path / "out.csv"
+    runs = [start_predict(uri, source, target, cache_dir, registry) for source in (large, small)]
+    for run in runs:
+        _, err = run.communicate(timeout=900)
+        assert run.returncode == 0, err.decode()
+    assert len(pd.read_csv(target)) in (3_000, 60_000)  # one run's whole output, never a mix
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["large.csv", "out.csv", "small.csv"]
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stopped_predict_exits_128_plus_the_signal_leaving_nothing(
+    registry, cache_dir: Path, tmp_path: Path, signum: int, status: int
+) -> None:
+    uri = f"models:/{registry.name}/1"
+    source = tmp_path / "in.csv"
+    iris(1_000_000).to_csv(source, index=False)
+    run = start_predict(uri, source, tmp_path / "out.csv", cache_dir, registry)
+    deadline = time.monotonic() + 300
+    while not batch_children(run.pid):  # stop it while the model's child predicts
+        assert run.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    time.sleep(1)
+    run.send_signal(signum)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == status, err.decode()
+    assert "Traceback" not in err.decode()
+    assert [p.name for p in tmp_path.iterdir()] == ["in.csv"]
+
+
+def test_a_killed_predict_takes_its_child_along_and_leaves_no_file(
+    registry, cache_dir: Path, tmp_path: Path
+) -> None:
+    uri = f"models:/{registry.name}/1"
+    source = tmp_path / "in.csv"
+    iris(1_000_000).to_csv(source, index=False)
+    run = start_predict(uri, source, tmp_path / "out.csv", cache_dir, registry)
+    deadline = time.monotonic() + 300
+    while not (children := batch_children(run.pid)):
+        assert run.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    time.sleep(1)
+    run.kill()
+    run.wait(30)
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in children):
+        assert time.monotonic() < deadline, "the model's child outlived a killed mlimg predict"
+        time.sleep(0.1)
+    assert [p.name for p in tmp_path.iterdir()] == ["in.csv"]
+
+
+def test_a_damaged_cached_environment_is_made_again(registry, cache_dir: Path) -> None:
+    uri = f"models:/{registry.name}/1"
+    serve_once(uri, cache_dir, registry)  # the environment exists
+    [module] = (cache_dir / "envs").glob("uv-*/lib/python3.*/site-packages/gunicorn/arbiter.py")
+    module.unlink()  # a file lost from site-packages
+    output = serve_once(uri, cache_dir, registry)
+    assert "is broken" in output and "gunicorn.arbiter" in output, output
+    assert "creating a uv environment" in output
+    assert module.is_file()

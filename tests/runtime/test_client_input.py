@@ -48,7 +48,9 @@ def split(rows: str) -> str:
 
 def records(rows: list[str]) -> str:
     parts = [
-        "{" + ", ".join(f"{json.dumps(c)}: {v}" for c, v in zip(COLUMNS, row.split(","))) + "}"
+        "{"
+        + ", ".join(f"{json.dumps(c)}: {v}" for c, v in zip(COLUMNS, row.split(","), strict=True))
+        + "}"
         for row in rows
     ]
     return f'{{"dataframe_records": [{", ".join(parts)}]}}'
