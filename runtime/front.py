@@ -121,7 +121,7 @@ class Front:
 class _Incoming:
     """A request being read: its line, headers and body so far."""
 
-    __slots__ = ("body", "body_size", "expect_continue", "headers", "started", "url")
+    __slots__ = ("body", "body_size", "headers", "started", "url")
 
     def __init__(self, started: float) -> None:
         self.started = started
@@ -129,7 +129,6 @@ class _Incoming:
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
         self.body_size = 0
-        self.expect_continue = False
 
 
 class Connection(asyncio.Protocol):
@@ -244,10 +243,9 @@ class Connection(asyncio.Protocol):
             raise Rejected(413, _TOO_LARGE)
         if self.parser.should_upgrade():
             self.eof = True  # declined by answering it as plain HTTP; the connection closes
-        if headers.get(b"expect", b"").lower() == b"100-continue":
-            incoming.expect_continue = True
-            if self.transport is not None:
-                self.transport.write(_CONTINUE)
+        expects = headers.get(b"expect", b"").lower() == b"100-continue"
+        if expects and self.transport is not None:
+            self.transport.write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
         incoming = self.incoming
@@ -345,7 +343,7 @@ class Connection(asyncio.Protocol):
         stopped sending (closing with unread data would reset the connection and could
         destroy the answer before the client reads it)."""
         transport = self.transport
-        self.incoming = None
+        incoming, self.incoming = self.incoming, None
         self.lingering = True
         if transport is None:
             return
@@ -355,7 +353,7 @@ class Connection(asyncio.Protocol):
         self.refusal = None
         _, headers, body = error_answer(status, message)
         transport.write(_head(status, headers, len(body), keep_alive=False) + body)
-        log.info("refused a request from %s: %d %s", self.remote, status, message)
+        self._log_refusal(incoming, status, len(body))
         if transport.can_write_eof():
             transport.write_eof()
         transport.resume_reading()
@@ -364,6 +362,25 @@ class Connection(asyncio.Protocol):
     def drain(self) -> None:
         if not self.busy and self.incoming is None and not self.ready:
             self._set_timer(min(_DRAIN_SECONDS, self.limits.idle_timeout), self.close)
+
+    def _log_refusal(self, incoming: _Incoming | None, status: int, size: int) -> None:
+        """An access line for a request the application never saw, with what was read of it."""
+        if self.front.access_log is None:
+            return
+        url = incoming.url if incoming is not None else b""
+        try:
+            method = self.parser.get_method().decode("latin-1") if url else "-"
+        except httptools.HttpParserError:
+            method = "-"
+        path = url.partition(b"?")[0].decode("latin-1")[:200] or "-"
+        environ = {
+            "REQUEST_METHOD": method,
+            "PATH_INFO": path,
+            "RAW_URI": path,
+            "REMOTE_ADDR": self.remote,
+        }
+        started = incoming.started if incoming is not None else time.monotonic()
+        self.front.access_log(environ, status, size, time.monotonic() - started)
 
     def close(self) -> None:
         self._cancel_timer()

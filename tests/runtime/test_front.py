@@ -34,10 +34,12 @@ def echo_app(environ, start_response):
 
 
 @contextlib.contextmanager
-def serving(app=echo_app, limits: Limits = LIMITS, threads: int = 4) -> Iterator[int]:
+def serving(
+    app=echo_app, limits: Limits = LIMITS, threads: int = 4, access_log=None
+) -> Iterator[int]:
     loop = asyncio.new_event_loop()
     pool = concurrent.futures.ThreadPoolExecutor(threads)
-    front = Front(app, limits, pool, loop)
+    front = Front(app, limits, pool, loop, access_log=access_log)
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(4096)
@@ -272,3 +274,17 @@ def test_control_paths_are_answered_while_every_thread_is_busy() -> None:
         assert connection.getresponse().status == 200
         assert time.monotonic() - started < 0.5
         busy.join()
+
+
+def test_every_answer_gets_an_access_line_refusals_too() -> None:
+    lines: list[tuple[str, str, int]] = []
+
+    def access_log(environ, status, size, seconds) -> None:
+        lines.append((environ["REQUEST_METHOD"], environ["PATH_INFO"], status))
+
+    with serving(access_log=access_log) as port:
+        post(port)
+        exchange(port, b"POST /invocations?x=1 HTTP/1.1\r\nContent-Length: 5000\r\n\r\n")
+        exchange(port, b"NONSENSE\r\n\r\n")
+        time.sleep(0.1)
+    assert lines == [("POST", "/invocations", 200), ("POST", "/invocations", 413), ("-", "-", 400)]
