@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from typing import Any
@@ -36,8 +37,9 @@ class _Gunicorn(BaseApplication):
         super().__init__()
 
     def load_config(self) -> None:
+        check_settings(self._options, self.cfg.settings)
         for key, value in self._options.items():
-            if key in self.cfg.settings:  # older gunicorns lack some settings
+            if key in self.cfg.settings:
                 self.cfg.set(key, value)
 
     def load(self) -> Any:
@@ -49,6 +51,33 @@ class _Gunicorn(BaseApplication):
         except RuntimeError as exc:
             log.error("%s", exc)
             sys.exit(1)
+
+
+# The gunicorn versions the runtime is tested against (CI runs the runtime's tests on both
+# ends); runtime/requirements.txt says the same.
+GUNICORN_RANGE = ">=21.2,<28"
+# Settings that only some versions in that range have, and that others may do without:
+# the control socket (a management interface the runtime turns off) came in gunicorn 25.
+VERSION_SPECIFIC_SETTINGS = frozenset({"control_socket_disable"})
+
+
+class UnknownSettings(Exception):
+    """Settings the installed gunicorn does not have (they would silently do nothing)."""
+
+
+def check_settings(options: dict[str, Any], known: Any) -> None:
+    unknown = set(options) - set(known) - VERSION_SPECIFIC_SETTINGS
+    if unknown:
+        raise UnknownSettings(
+            f"gunicorn {_gunicorn_version()} does not know the settings "
+            f"{', '.join(sorted(unknown))}; the runtime supports gunicorn {GUNICORN_RANGE}"
+        )
+
+
+def _gunicorn_version() -> str:
+    import gunicorn
+
+    return getattr(gunicorn, "__version__", "?")
 
 
 class _Arbiter(Arbiter):
@@ -153,12 +182,14 @@ def front_limits(config: ServerConfig) -> Limits:
     )
 
 
-def gunicorn_options(config: ServerConfig, loader: _ModelLoader) -> dict[str, Any]:
-    worker = type("ConfiguredWorker", (EventLoopWorker,), {"limits": front_limits(config)})
+def gunicorn_options(
+    config: ServerConfig, loader: _ModelLoader, temp_dir: str | None = None
+) -> dict[str, Any]:
     return {
         "bind": f"{config.host}:{config.port}",
         "workers": config.workers,
-        "worker_class": worker,
+        # By name: gunicorn before 22 takes no class here. Its limits are set in main.
+        "worker_class": f"{EventLoopWorker.__module__}.{EventLoopWorker.__qualname__}",
         "threads": config.threads,
         # Each worker listens on a socket of its own (SO_REUSEPORT) and the kernel spreads new
         # connections across them; on one shared socket, one worker can take every
@@ -175,7 +206,27 @@ def gunicorn_options(config: ServerConfig, loader: _ModelLoader) -> dict[str, An
         "post_fork": _enable_gc,
         "worker_exit": loader.worker_exit,
         "control_socket_disable": True,
+        "worker_tmp_dir": temp_dir,  # each worker's heartbeat file
     }
+
+
+TEMP_CANDIDATES = ("/tmp", "/var/tmp", "/dev/shm")
+
+
+def writable_temp_dir(candidates: tuple[str, ...] = TEMP_CANDIDATES) -> str | None:
+    """The first directory a temporary file can be made in: $TMPDIR, then `candidates`.
+
+    With a read-only root filesystem (`docker run --read-only`, Kubernetes'
+    readOnlyRootFilesystem) /tmp is not writable, but /dev/shm, a tmpfs in every container,
+    still is: the image then runs with no extra flag.
+    """
+    for directory in filter(None, (os.environ.get("TMPDIR"), *candidates)):
+        try:
+            with tempfile.TemporaryFile(dir=directory):
+                return directory
+        except OSError:
+            continue
+    return None
 
 
 def main() -> None:
@@ -190,6 +241,17 @@ def main() -> None:
         log.error("bad configuration: %s", exc)
         sys.exit(2)
     configure_logging(config.log_format)
+    temp_dir = writable_temp_dir()
+    if temp_dir is None:
+        log.error(
+            "no writable temporary directory (TMPDIR, %s): the root filesystem is read-only; "
+            "mount a tmpfs at /tmp (docker run --tmpfs /tmp; Kubernetes: an emptyDir volume)",
+            ", ".join(TEMP_CANDIDATES),
+        )
+        sys.exit(1)
+    tempfile.tempdir = temp_dir
+    os.environ["TMPDIR"] = temp_dir  # for what the model's libraries start
+    EventLoopWorker.limits = front_limits(config)  # the workers are forked from this process
     served = ServedModel()
     loader = _ModelLoader(served, config.model_path)
     app = create_app(served, config)
@@ -200,8 +262,16 @@ def main() -> None:
         config.port,
         config.workers,
     )
+    options = gunicorn_options(config, loader, temp_dir)
     try:
-        _Gunicorn(app, gunicorn_options(config, loader)).run()
+        from gunicorn.config import Config
+
+        check_settings(options, Config().settings)
+    except UnknownSettings as exc:
+        log.error("%s", exc)
+        sys.exit(1)
+    try:
+        _Gunicorn(app, options).run()
     except SystemExit as exc:
         if loader.failed:
             sys.exit(1)

@@ -25,7 +25,7 @@ _HEARTBEAT_SECONDS = 1.0
 class EventLoopWorker(Worker):
     """A gunicorn worker serving through `front.Front`; its settings come from `limits`."""
 
-    limits: Limits | None = None  # set by the server on a subclass before gunicorn is started
+    limits: Limits | None = None  # set by the server before gunicorn starts (server.main)
 
     def run(self) -> None:
         limits = self.limits or Limits(

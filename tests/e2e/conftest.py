@@ -18,6 +18,7 @@ from mlimg.errors import EngineUnavailable
 from tests.probes import answers_ping
 
 BUILD_TIMEOUT = 1200
+IRIS_TAG = "mlimg-test/iris:e2e"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -89,3 +90,13 @@ def remove_tag(client, tag: str) -> None:
 
     with contextlib.suppress(ImageNotFound):
         client.images.remove(tag, force=True, noprune=True)
+
+
+@pytest.fixture(scope="session")
+def iris_image(docker_client, sklearn_model: Path, ca_cert: Path) -> str:
+    """The sklearn iris model's image, built once for every module that serves it."""
+    result = build(sklearn_model, IRIS_TAG, ca_cert)
+    assert result.returncode == 0, result.stderr
+    assert "/ping answered 200" in result.stderr
+    assert "/invocations answered 200 with predictions" in result.stderr
+    return IRIS_TAG

@@ -13,12 +13,10 @@ from pathlib import Path
 
 import mlflow.pyfunc
 import pandas as pd
-import pytest
 
 from tests.e2e.conftest import build, remove_tag, serving
 from tests.models import PYFUNC_MLMODEL, example_requirements, make_sklearn_model, write_fake_model
 
-IRIS_TAG = "mlimg-test/iris:e2e"
 PYFUNC_TAG = "mlimg-test/arithmetic:e2e"
 
 
@@ -43,15 +41,6 @@ def steps_from_cache(output: str) -> tuple[int, int]:
     match = re.search(r"\((\d+) of (\d+) steps from cache\)", output)
     assert match, output
     return int(match.group(1)), int(match.group(2))
-
-
-@pytest.fixture(scope="module")
-def iris_image(docker_client, sklearn_model: Path, ca_cert: Path) -> str:
-    result = build(sklearn_model, IRIS_TAG, ca_cert)
-    assert result.returncode == 0, result.stderr
-    assert "/ping answered 200" in result.stderr
-    assert "/invocations answered 200 with predictions" in result.stderr
-    return IRIS_TAG
 
 
 def test_iris_predictions_equal_pyfunc(docker_client, iris_image: str, sklearn_model: Path) -> None:

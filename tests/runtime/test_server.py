@@ -9,15 +9,20 @@ import sys
 from types import SimpleNamespace
 
 import pytest
+from gunicorn.config import Config
 
 from mlimg_runtime.app import ServedModel, create_app
 from mlimg_runtime.config import ServerConfig
 from mlimg_runtime.server import (
+    GUNICORN_RANGE,
+    UnknownSettings,
     _Arbiter,
     _exit_code,
     _Gunicorn,
     _ModelLoader,
+    check_settings,
     gunicorn_options,
+    writable_temp_dir,
 )
 
 
@@ -111,3 +116,38 @@ def test_a_worker_with_the_model_leaves_through_python_teardown() -> None:
 def test_the_hook_run_by_the_master_for_a_vanished_worker_leaves_nothing() -> None:
     loader = _ModelLoader(ServedModel(), "/nowhere")  # the master while the model loads
     assert exit_status_of_a_worker_leaving(loader, in_the_master=True) == 99
+
+
+def test_an_unknown_gunicorn_setting_is_refused_not_dropped() -> None:
+    config = ServerConfig(workers=1, port=0, host="127.0.0.1")
+    served = ServedModel()
+    options = {**gunicorn_options(config, _ModelLoader(served, "/nowhere")), "no_such": 1}
+    with pytest.raises(UnknownSettings, match="does not know the settings no_such"):
+        check_settings(options, Config().settings)
+    with pytest.raises(SystemExit):  # gunicorn itself stops on it too, with its own message
+        _Gunicorn(create_app(served, config), options)
+
+
+def test_the_supported_gunicorn_range_is_the_one_images_install() -> None:
+    from importlib.resources import files
+
+    import gunicorn
+    from packaging.specifiers import SpecifierSet
+
+    lines = files("mlimg_runtime").joinpath("requirements.txt").read_text().splitlines()
+    [pin] = [line for line in lines if line.startswith("gunicorn")]
+    assert pin == f"gunicorn{GUNICORN_RANGE}"
+    assert gunicorn.__version__ in SpecifierSet(GUNICORN_RANGE)
+
+
+def test_a_read_only_root_still_has_a_temporary_directory(tmp_path, monkeypatch) -> None:
+    read_only = tmp_path / "ro"
+    read_only.mkdir(mode=0o555)
+    writable = tmp_path / "shm"
+    writable.mkdir()
+    monkeypatch.delenv("TMPDIR", raising=False)
+    if os.access(read_only, os.W_OK):  # root ignores modes: make a file where a dir should be
+        read_only.rmdir()
+        read_only.write_text("")
+    assert writable_temp_dir((str(read_only), str(writable))) == str(writable)
+    assert writable_temp_dir((str(read_only),)) is None
