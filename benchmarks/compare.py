@@ -60,6 +60,21 @@ METRICS = (
 )
 
 
+# The serving figures measured for a baseline runtime too (--baseline-runtime REV): the same
+# image with only mlimg_runtime replaced by the one at REV. (key, target ratio new/baseline)
+BASELINE_METRICS = (
+    ("first_prediction_s", None),
+    ("rps_c16", 0.9),
+    ("p50_c16_ms", 1.1),
+    ("p99_c16_ms", None),
+    ("rps_c1", 0.9),
+    ("p50_c1_ms", 1.1),
+    ("p99_c1_ms", None),
+    ("peak_memory_mb", None),
+)
+BASELINE = "baseline"
+
+
 class BenchmarkFailed(Exception):
     """The run cannot give a fair comparison: a build failed, an answer was wrong, ..."""
 
@@ -107,8 +122,9 @@ def parse_wrk(output: str) -> LoadResult:
 
 def summarize(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
     """Per side and metric, the median over the rounds."""
-    summary: dict[str, dict[str, float]] = {side: {} for side in SIDES}
-    for side in SIDES:
+    sides = [side for side in (*SIDES, BASELINE) if any(side in r for r in rounds)]
+    summary: dict[str, dict[str, float]] = {side: {} for side in sides}
+    for side in sides:
         for key, *_ in METRICS:
             values = [r[side][key] for r in rounds if key in r.get(side, {})]
             if values:
@@ -145,6 +161,36 @@ def markdown_table(summary: dict[str, dict[str, float]], rounds: int, note: str)
         ratio_text = f"{ratio:.2f}x" if ratio is not None else "n/a"
         lines.append(
             f"| {label} | {_fmt(theirs)} {unit} | {_fmt(ours)} {unit} | {ratio_text} | {verdict} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def baseline_table(summary: dict[str, dict[str, float]], revision: str) -> str:
+    """mlimg's serving figures against the same image with the runtime of `revision`."""
+    if BASELINE not in summary:
+        return ""
+    lines = [
+        f"\nThe same mlimg image with the runtime of `{revision}` swapped in, measured in the same "
+        "rounds (a change may cost at most 10 % of throughput or p50):",
+        "",
+        f"| Measure | runtime at {revision} | this runtime | ratio | Target |",
+        "|---|---:|---:|---:|---|",
+    ]
+    labels = {key: (label, unit, better) for key, label, unit, better, _ in METRICS}
+    for key, target in BASELINE_METRICS:
+        before, after = summary[BASELINE].get(key), summary["mlimg"].get(key)
+        if not before or after is None:
+            continue
+        label, unit, better = labels[key]
+        ratio = after / before
+        verdict = ""
+        if target is not None:
+            met = ratio >= target if better == "higher" else ratio <= target
+            verdict = (
+                f"{'≥' if better == 'higher' else '≤'} {target:g}x: {'met' if met else 'MISSED'}"
+            )
+        lines.append(
+            f"| {label} | {_fmt(before)} {unit} | {_fmt(after)} {unit} | {ratio:.2f}x | {verdict} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -332,10 +378,10 @@ RUN_OPTIONS = {"ports": {"8080/tcp": ("127.0.0.1", None)}, "labels": {"mlimg.ben
 class Container:
     """One container of a side's image, its port published on 127.0.0.1 only."""
 
-    def __init__(self, setup: Setup, side: str):
+    def __init__(self, setup: Setup, image: str):
         self.setup = setup
         self.started = time.monotonic()
-        self.container = setup.client.containers.run(tag(side), detach=True, **RUN_OPTIONS)
+        self.container = setup.client.containers.run(image, detach=True, **RUN_OPTIONS)
         self.url = ""
 
     def first_prediction(self, timeout: float = 120) -> float:
@@ -398,7 +444,15 @@ def load_floor_s(setup: Setup, side: str) -> float:
     return float(output[-1]) - started
 
 
-def measure_side(setup: Setup, side: str, starts: int) -> tuple[dict, list]:
+def measure_side(
+    setup: Setup,
+    side: str,
+    starts: int,
+    baseline: str | None = None,
+    baseline_first: bool = False,
+) -> tuple[dict, list, dict | None]:
+    """A side's figures, its answers to the check requests and, for mlimg with a `baseline`
+    revision, the figures of its image with that revision's runtime (served in turn)."""
     figures: dict[str, float] = {}
     if side == "mlflow":
         fresh_mlflow_base(setup)  # first, so that the old base goes with the old image
@@ -414,16 +468,31 @@ def measure_side(setup: Setup, side: str, starts: int) -> tuple[dict, list]:
         figures["smoke_rebuild_s"] = build(setup, side, smoked, False, smoke_test=True)
         remove_image(setup, rebuilt)
     figures["size_added_mb"] = size_added_mb(setup, side)
+    figures["load_floor_s"] = statistics.median(load_floor_s(setup, side) for _ in range(starts))
+    if side == "mlimg" and baseline is not None:
+        build_baseline(setup, baseline)
+        order = [tag(BASELINE), tag(side)] if baseline_first else [tag(side), tag(BASELINE)]
+        served = {image: serving_figures(setup, image, starts) for image in order}
+        figures.update(served[tag(side)][0])
+        return figures, served[tag(side)][1], served[tag(BASELINE)][0]
+    serving, answers = serving_figures(setup, tag(side), starts)
+    figures.update(serving)
+    return figures, answers, None
+
+
+def serving_figures(setup: Setup, image: str, starts: int) -> tuple[dict, list]:
+    """First prediction (median of `starts`), load at 1 and 16 connections, peak memory, and
+    the answers to the check requests."""
+    figures: dict[str, float] = {}
     firsts = []
     for _ in range(starts):
-        container = Container(setup, side)
+        container = Container(setup, image)
         try:
             firsts.append(container.first_prediction())
         finally:
             container.remove()
     figures["first_prediction_s"] = statistics.median(firsts)
-    figures["load_floor_s"] = statistics.median(load_floor_s(setup, side) for _ in range(starts))
-    container = Container(setup, side)
+    container = Container(setup, image)
     try:
         container.first_prediction()
         answers = [post(f"{container.url}/invocations", body) for body in setup.check_payloads]
@@ -432,7 +501,7 @@ def measure_side(setup: Setup, side: str, starts: int) -> tuple[dict, list]:
             result = load(container.url, setup.wrk_script, connections, setup.duration)
             if result.errors:
                 raise BenchmarkFailed(
-                    f"{side}: {result.errors} errors under load at {connections} connection(s)"
+                    f"{image}: {result.errors} errors under load at {connections} connection(s)"
                 )
             figures[f"rps_c{connections}"] = result.requests_per_s
             figures[f"p50_c{connections}_ms"] = result.p50_ms
@@ -443,6 +512,30 @@ def measure_side(setup: Setup, side: str, starts: int) -> tuple[dict, list]:
     finally:
         container.remove()
     return figures, answers
+
+
+def build_baseline(setup: Setup, revision: str) -> None:
+    """mlimg's image of this round with mlimg_runtime replaced by the one at `revision`."""
+    remove_image(setup, tag(BASELINE))  # last round's
+    context = setup.work / "baseline"
+    shutil.rmtree(context, ignore_errors=True)
+    context.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", "--format=tar", revision, "runtime"],
+        capture_output=True,
+    )
+    if archive.returncode != 0:
+        raise BenchmarkFailed(f"git archive {revision}: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(context)], input=archive.stdout, check=True)
+    (context / "Dockerfile").write_text(
+        f"FROM {tag('mlimg')}\n"
+        "USER 0\n"
+        "RUN rm -rf /opt/mlimg/mlimg_runtime\n"
+        "COPY runtime /opt/mlimg/mlimg_runtime\n"
+        "RUN python -m compileall -q /opt/mlimg\n"
+        "USER 10001:10001\n"
+    )
+    setup.client.images.build(path=str(context), tag=tag(BASELINE), rm=True)
 
 
 def same_predictions(answers: dict[str, list[tuple[int, bytes]]]) -> None:
@@ -493,6 +586,11 @@ def main() -> int:
     )
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--update-readme", action="store_true")
+    parser.add_argument(
+        "--baseline-runtime",
+        metavar="REV",
+        help="also serve mlimg's image with the runtime of git revision REV swapped in",
+    )
     args = parser.parse_args()
 
     out = Path(args.out)
@@ -509,8 +607,13 @@ def main() -> int:
                 figures, answers = {}, {}
                 for side in order:
                     print(f"round {round_no + 1}/{args.rounds}: {side}", flush=True)
-                    figures[side], answers[side] = measure_side(setup, side, args.starts)
+                    figures[side], answers[side], baseline = measure_side(
+                        setup, side, args.starts, args.baseline_runtime, round_no % 2 == 1
+                    )
                     print(f"  {json.dumps(figures[side])}", flush=True)
+                    if baseline is not None:
+                        figures[BASELINE] = baseline
+                        print(f"  baseline: {json.dumps(baseline)}", flush=True)
                 same_predictions(answers)
                 rounds.append(figures)
         except BenchmarkFailed as exc:
@@ -529,6 +632,7 @@ def main() -> int:
         f"\nmlimg's rebuild is timed with `--no-smoke-test`, as MLflow tests nothing; "
         f"`mlimg build` with its smoke test took {smoke:.1f} s (median).\n"
     ) + startup_note(summary)
+    table += baseline_table(summary, args.baseline_runtime or "")
     (out / "latest.md").write_text(table)
     (out / "latest.json").write_text(json.dumps({"rounds": rounds, "median": summary}, indent=2))
     chart(summary, out / "latest.png")

@@ -115,3 +115,27 @@ def test_payloads_make_a_one_row_request_and_check_requests(tmp_path: Path) -> N
     one_row, checks = compare.payloads(model)
     assert b'"data": [[' in one_row and one_row.count(b"], [") == 0
     assert len(checks) == 3
+
+
+def test_baseline_table_holds_the_new_runtime_to_ten_percent() -> None:
+    summary = {
+        "mlflow": {"rps_c16": 300.0},
+        "mlimg": {"rps_c16": 1850.0, "p50_c1_ms": 2.5, "first_prediction_s": 3.0},
+        "baseline": {"rps_c16": 2000.0, "p50_c1_ms": 2.0, "first_prediction_s": 3.2},
+    }
+    table = compare.baseline_table(summary, "e34b083")
+    assert "| runtime at e34b083 | this runtime |" in table
+    assert (
+        "| Throughput, 16 connections | 2,000 req/s | 1,850 req/s | 0.93x | ≥ 0.9x: met |" in table
+    )
+    assert "| p50 latency, 1 connection | 2.00 ms | 2.50 ms | 1.25x | ≤ 1.1x: MISSED |" in table
+    assert "docker run to first prediction" in table
+    assert compare.baseline_table({"mlflow": {}, "mlimg": {}}, "x") == ""
+
+
+def test_summarize_keeps_the_baseline_side() -> None:
+    rounds = [
+        {"mlflow": {"rps_c1": 1.0}, "mlimg": {"rps_c1": 2.0}, "baseline": {"rps_c1": v}}
+        for v in (3.0, 5.0, 4.0)
+    ]
+    assert compare.summarize(rounds)["baseline"]["rps_c1"] == 4.0
