@@ -104,6 +104,15 @@ def _build_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "need nothing more.",
         ),
         click.option(
+            "--system-package",
+            "system_packages",
+            multiple=True,
+            metavar="NAME",
+            help="A Debian package the final image needs (a shared library a wheel links to), "
+            "installed with apt-get; repeat for more. Known ones are added by themselves "
+            "(libgomp1 for lightgbm).",
+        ),
+        click.option(
             "--keep-tests",
             is_flag=True,
             help="Keep the test suites that packages ship (tests/ directories in "

@@ -32,6 +32,11 @@ SKINNY_FLAVORS = frozenset({
 })  # fmt: skip
 _PYFUNC_ESSENTIALS = ("numpy", "pandas")  # what full mlflow brought that pyfunc itself imports
 _PEM_CERTIFICATE = "-----BEGIN CERTIFICATE-----"
+# Shared libraries that a package's wheels link to but do not carry, by the Debian package that
+# ships them. lightgbm's lib_lightgbm.so needs libgomp.so.1 (the slim bases have no OpenMP
+# runtime); xgboost, torch and scikit-learn bundle their own.
+SYSTEM_PACKAGES_FOR = {"lightgbm": ("libgomp1",)}
+_DEBIAN_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.\-]+(=[A-Za-z0-9.+~:\-]+)?")
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,7 @@ class BuildOptions:
     pip_extra_index_url: str | None = None
     full_mlflow: bool = False  # keep a pinned `mlflow` as it is instead of mlflow-skinny
     keep_tests: bool = False  # keep the test suites packages ship (tests/ in site-packages)
+    system_packages: tuple[str, ...] = ()  # Debian packages the final image needs
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,7 @@ class BuildPlan:
     pip_index_url: str | None
     pip_extra_index_url: str | None
     keep_tests: bool = False
+    system_packages: tuple[str, ...] = ()  # apt-get installed in the final stage
 
     @property
     def build_args(self) -> dict[str, str]:
@@ -103,6 +110,7 @@ def plan_build(model: LocalModel, options: BuildOptions) -> BuildPlan:
         pip_index_url=options.pip_index_url,
         pip_extra_index_url=options.pip_extra_index_url,
         keep_tests=options.keep_tests,
+        system_packages=system_packages(requirements, options.system_packages),
     )
 
 
@@ -129,6 +137,18 @@ def environment_requirements(
         if name not in named:
             swapped.append(ModelRequirement(Requirement(name), "mlflow's own requirements"))
     return swapped
+
+
+def system_packages(
+    requirements: list[ModelRequirement], chosen: tuple[str, ...] = ()
+) -> tuple[str, ...]:
+    """The Debian packages the final image installs: the known ones for the environment's
+    packages, and those the user names (checked to be package names, nothing a shell reads)."""
+    for name in chosen:
+        if not _DEBIAN_PACKAGE.fullmatch(name):
+            raise InvalidOption(f"--system-package {name!r} is not a Debian package name")
+    known = [pkg for item in requirements for pkg in SYSTEM_PACKAGES_FOR.get(item.name, ())]
+    return tuple(sorted({*known, *chosen}))
 
 
 def mlflow_package(requirements: list[ModelRequirement]) -> str | None:

@@ -60,6 +60,7 @@ def render_dockerfile(plan: BuildPlan) -> str:
         has_build_requirements=bool(plan.model.build_requirements),
         uv_version=UV_VERSION,
         keep_tests=plan.keep_tests,
+        system_packages=plan.system_packages,
         labels=plan.labels,
     )
     return text.rstrip("\n") + "\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -122,7 +123,40 @@ def _container_log(container: Any) -> str:
     except DockerException:
         return "(the container's log could not be read)"
     lines = log.splitlines() or ["(empty)"]
-    return "the container's log:\n" + "\n".join(f"  {line}" for line in lines)
+    text = "the container's log:\n" + "\n".join(f"  {line}" for line in lines)
+    hint = missing_library_hint(log)
+    return f"{text}\n{hint}" if hint else text
+
+
+# Debian packages that ship shared libraries wheels commonly expect of the system.
+_LIBRARY_PACKAGES = {
+    "libgomp.so.1": "libgomp1",
+    "libGL.so.1": "libgl1",
+    "libglib-2.0.so.0": "libglib2.0-0",
+    "libgthread-2.0.so.0": "libglib2.0-0",
+    "libsndfile.so.1": "libsndfile1",
+    "libgfortran.so.5": "libgfortran5",
+    "libquadmath.so.0": "libquadmath0",
+    "libxml2.so.2": "libxml2",
+    "libX11.so.6": "libx11-6",
+}
+_MISSING_LIBRARY = re.compile(r"([\w.+-]+\.so(?:\.[\d.]+)?): cannot open shared object file")
+
+
+def missing_library_hint(log: str) -> str | None:
+    """What to do when the model's libraries need a shared library the image lacks."""
+    match = _MISSING_LIBRARY.search(log)
+    if match is None:
+        return None
+    library = match.group(1)
+    package = _LIBRARY_PACKAGES.get(library)
+    how = (
+        f"build with --system-package {package}"
+        if package
+        else "find the Debian package that ships it (apt-file search "
+        f"{library}) and build with --system-package NAME"
+    )
+    return f"hint: the image lacks the system library {library}: {how}"
 
 
 def _preview(predictions: Any, limit: int = 100) -> str:
