@@ -29,6 +29,7 @@ from mlimg_runtime.codecs import (
     Signature,
     as_frame,
     decode_request,
+    decoded_size,
     encode_predictions,
 )
 from mlimg_runtime.config import ServerConfig
@@ -41,6 +42,7 @@ from mlimg_runtime.errors import (
     ScoringError,
     error_code,
 )
+from mlimg_runtime.memory import MemoryGate
 
 log = logging.getLogger("mlimg_runtime")
 _JSON = "application/json"
@@ -106,6 +108,7 @@ class _Scorer:
         self.served = served
         self.config = config
         self.deadline = _Deadline(config.timeout, config.threads)
+        self.memory = MemoryGate(config.max_decoded_bytes)
         self.batcher = Batcher(
             lambda frame: predict(served.model, frame, {}, config.include_traceback),
             max_rows=config.max_batch_rows,
@@ -132,9 +135,24 @@ class _Scorer:
         # The deadline counts from the request's arrival (the front end's time), so that the
         # wait for a thread and the decoding are inside it, not only the prediction.
         started = environ.get("mlimg.arrived") or time.monotonic()
+        body = _read_body(environ, self.config.max_request_bytes)
+        cost = decoded_size(environ.get("CONTENT_TYPE"), body)
+        if cost > self.config.max_decoded_bytes:
+            raise PayloadTooLarge(
+                f"decoding this request would take about {cost / 2**20:,.0f} MiB, more than "
+                f"the {self.config.max_decoded_bytes / 2**20:,.0f} MiB one request may use "
+                "(MLIMG_MAX_DECODED_BYTES): send fewer rows per request"
+            )
+        try:
+            with self.memory.reserve(cost, self.deadline.remaining(started)):
+                return self._predict(environ, body, started)
+        except TimeoutError:  # no room for a large input before the deadline
+            raise self.deadline.exceeded() from None
+
+    def _predict(self, environ: dict[str, Any], body: bytes, started: float) -> bytes:
+        served = self.served
         batching = self._batching()
         with self.batcher.arrival() as arrival:
-            body = _read_body(environ, self.config.max_request_bytes)
             self.deadline.check(started)
             model_input = decode_request(
                 environ.get("CONTENT_TYPE"), body, served.signature, rows=batching

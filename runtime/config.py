@@ -7,6 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_PORT = 8080
+# What one request may cost: its body, and its input once decoded (estimated before decoding).
+# Without a memory limit these; under one, an eighth and a quarter of it (see memory_bounds).
+MAX_REQUEST_BYTES = 100 * 1024 * 1024
+MAX_DECODED_BYTES = 1024 * 1024 * 1024
 BATCHING_MODES = ("auto", "on", "off")
 _TRUE = ("1", "true", "yes", "on")
 
@@ -22,7 +26,8 @@ class ServerConfig:
     read_timeout: int = 60  # a request's first byte to its last; 408 beyond
     keepalive: int = 5  # how long an idle connection stays open
     graceful_timeout: int = 8
-    max_request_bytes: int = 100 * 1024 * 1024
+    max_request_bytes: int = MAX_REQUEST_BYTES
+    max_decoded_bytes: int = MAX_DECODED_BYTES
     log_format: str = "plain"
     include_traceback: bool = False
     batching: str = "auto"  # auto: on for row-wise flavors (sklearn, xgboost, ...)
@@ -40,17 +45,20 @@ class ServerConfig:
         if batching not in BATCHING_MODES:
             modes = ", ".join(BATCHING_MODES)
             raise ValueError(f"MLIMG_BATCHING must be one of {modes}, not {batching!r}")
+        workers = _positive_int(env, "MLIMG_WORKERS", available_cpus())
+        body_limit, decoded_limit = memory_bounds(memory_limit(), workers)
         return cls(
             model_path=env.get("MLIMG_MODEL_PATH", "/opt/ml/model"),
             host=env.get("MLIMG_HOST", "0.0.0.0"),
             port=_positive_int(env, "PORT", DEFAULT_PORT),
-            workers=_positive_int(env, "MLIMG_WORKERS", available_cpus()),
+            workers=workers,
             threads=_positive_int(env, "MLIMG_THREADS", cls.threads),
             timeout=_positive_int(env, "MLIMG_TIMEOUT", 60),
             read_timeout=_positive_int(env, "MLIMG_READ_TIMEOUT", cls.read_timeout),
             keepalive=_positive_int(env, "MLIMG_KEEPALIVE", cls.keepalive),
             graceful_timeout=_positive_int(env, "MLIMG_GRACEFUL_TIMEOUT", 8),
-            max_request_bytes=_positive_int(env, "MLIMG_MAX_REQUEST_BYTES", cls.max_request_bytes),
+            max_request_bytes=_positive_int(env, "MLIMG_MAX_REQUEST_BYTES", body_limit),
+            max_decoded_bytes=_positive_int(env, "MLIMG_MAX_DECODED_BYTES", decoded_limit),
             log_format=log_format,
             include_traceback=env.get("MLIMG_INCLUDE_TRACEBACK", "").strip().lower() in _TRUE,
             batching=batching,
@@ -70,6 +78,34 @@ def available_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
     if quota is not None:
         cpus = min(cpus, quota)
     return max(1, cpus)
+
+
+def memory_bounds(limit: int | None, workers: int = 1) -> tuple[int, int]:
+    """The default body and decoded-input limits under `limit` bytes of memory.
+
+    Each worker holds at most one large body beyond small ones, and decodes at most one large
+    input at a time: so the bounds are an eighth and a quarter of the memory, shared by the
+    workers, and the model and the runtime keep the other five eighths. Never more than
+    MAX_REQUEST_BYTES and MAX_DECODED_BYTES.
+    """
+    if limit is None:
+        return MAX_REQUEST_BYTES, MAX_DECODED_BYTES
+    share = limit // max(1, workers)
+    return min(MAX_REQUEST_BYTES, share // 8), min(MAX_DECODED_BYTES, share // 4)
+
+
+def memory_limit(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """The cgroup's memory limit in bytes (`docker run --memory`, a Kubernetes limit), or None."""
+    try:  # cgroup v2: "max" or a number
+        raw = (cgroup_root / "memory.max").read_text().strip()
+        return None if raw == "max" else int(raw)
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1: a huge number when there is none
+        value = int((cgroup_root / "memory" / "memory.limit_in_bytes").read_text())
+        return value if value < 2**60 else None
+    except (OSError, ValueError):
+        return None
 
 
 def _cgroup_quota(root: Path) -> int | None:

@@ -86,6 +86,10 @@ class Front:
         self.server_name = server_name
         self.connections: dict[Connection, None] = {}  # oldest first
         self.stopping = False
+        # One large body (over _SMALL_BODY) at a time per worker, from its first bytes to its
+        # answer; other large uploads pause until then. Small requests never wait.
+        self.large: Connection | None = None
+        self.waiting: dict[Connection, None] = {}  # paused for the large body's turn
 
     def protocol(self) -> Connection:
         return Connection(self)
@@ -103,6 +107,26 @@ class Front:
 
     def closed(self, connection: Connection) -> None:
         self.connections.pop(connection, None)
+        self.waiting.pop(connection, None)
+        self.release_large(connection)
+
+    def take_large(self, connection: Connection) -> bool:
+        """Whether `connection` may read on a large body now; if not, it waits its turn."""
+        if self.large is None or self.large is connection:
+            self.large = connection
+            return True
+        self.waiting[connection] = None
+        return False
+
+    def release_large(self, connection: Connection) -> None:
+        if self.large is not connection:
+            return
+        self.large = None
+        if self.waiting:  # the oldest waiting upload reads on (and takes the turn)
+            waiting = next(iter(self.waiting))
+            del self.waiting[waiting]
+            self.large = waiting
+            waiting.room()
 
     def stop(self) -> None:
         """Graceful stop: every connection closes after its next answer, and an idle one
@@ -254,6 +278,14 @@ class Connection(asyncio.Protocol):
         if incoming.body_size > self.limits.max_body:
             raise Rejected(413, _TOO_LARGE)
         incoming.body.append(body)
+        if (
+            incoming.body_size > _SMALL_BODY
+            and not self.front.take_large(self)
+            and self.transport is not None
+        ):
+            # A worker holds one large body at a time, however many clients upload at once:
+            # this one waits (what it sent stays in the kernel) until the other is answered.
+            self.transport.pause_reading()
 
     def on_message_complete(self) -> None:
         incoming = self.incoming
@@ -316,6 +348,7 @@ class Connection(asyncio.Protocol):
         keep_alive: bool,
     ) -> None:
         environ["mlimg.answered"] = True
+        self.front.release_large(self)
         transport = self.transport
         self.busy = False
         keep_alive = keep_alive and not self.front.stopping and not self.eof
@@ -347,6 +380,7 @@ class Connection(asyncio.Protocol):
         self.lingering = True
         if transport is None:
             return
+        self.front.release_large(self)  # what was read of its body is dropped
         if self.busy:  # answers leave in order: this one follows those of whole requests
             self.refusal = (status, message)
             return
@@ -358,6 +392,11 @@ class Connection(asyncio.Protocol):
             transport.write_eof()
         transport.resume_reading()
         self._set_timer(_LINGER_SECONDS, self.close)
+
+    def room(self) -> None:
+        """This connection's turn for a large body has come: read on."""
+        if self.transport is not None and not self.busy:
+            self.transport.resume_reading()
 
     def drain(self) -> None:
         if not self.busy and self.incoming is None and not self.ready:
@@ -494,6 +533,7 @@ class _LogStream:
 
 
 _MAX_HEADERS = 100
+_SMALL_BODY = 64 * 1024  # a body up to this never waits for room
 _HEADERS_TOO_LARGE = "the request line and headers are larger than the limit (64 KiB)"
 _TOO_LARGE = "the request body is larger than the limit (MLIMG_MAX_REQUEST_BYTES)"
 _LATE = "the request was not answered within its deadline (MLIMG_TIMEOUT)"

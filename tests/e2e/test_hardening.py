@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -70,3 +72,54 @@ def test_slow_and_silent_clients_for_30_seconds(docker_client, iris_image: str) 
     assert len(seen.latencies) > 100
     assert p99 < 250, seen.latencies[-10:]  # 100 ms on an idle machine; CI shares two cores
     assert status == "healthy"
+
+
+def post_body(url: str, body: bytes, content_type: str) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        f"{url}/invocations", data=body, headers={"Content-Type": content_type}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_under_300_mb_the_documented_limits_hold_and_no_worker_dies(
+    docker_client, iris_image: str
+) -> None:
+    """`docker run --memory 300m` with two workers: bodies over 300/16 MiB and inputs whose
+    decoding is estimated over 300/8 MiB are 413; what fits is answered; nothing is killed."""
+    from sklearn.datasets import load_iris
+
+    data = load_iris(as_frame=True).data
+    fits = pd.concat([data] * 400, ignore_index=True).to_csv(index=False).encode()  # 60k rows
+    too_long = b'{"dataframe_split": {"data": [' + b"[5.1, 3.5, 1.4, 0.2], " * 1_700_000
+    too_wide = (",".join(f"c{i}" for i in range(10**6)) + "\n").encode()  # 7 MB, 10^6 columns
+    dense = pd.concat([data] * 3000, ignore_index=True).to_csv(index=False).encode()  # 13 MB
+    options = {"mem_limit": "300m", "memswap_limit": "300m", "environment": {"MLIMG_WORKERS": "2"}}
+    with serving(docker_client, iris_image, **options) as url:
+        container = docker_client.containers.list(filters={"label": "mlimg.e2e"})[0]
+        status, answer = post_body(url, fits, "text/csv")
+        assert status == 200 and len(answer["predictions"]) == 60_000
+        status, answer = post_body(url, too_long, "application/json")  # 37 MB: over the body limit
+        assert status == 413, answer
+        for body in (too_wide, dense):  # under the body limit, over the decoding budget
+            status, answer = post_body(url, body, "text/csv")
+            assert status == 413 and "MLIMG_MAX_DECODED_BYTES" in answer["message"], answer
+        with ThreadPoolExecutor(4) as pool:  # large ones at once take turns
+            statuses = list(pool.map(lambda _: post_body(url, fits, "text/csv")[0], range(4)))
+        assert statuses == [200] * 4
+        # The kernel's count of processes it killed for memory: cgroup v2, else v1.
+        events = container.exec_run(
+            [
+                "sh",
+                "-c",
+                "cat /sys/fs/cgroup/memory.events || cat /sys/fs/cgroup/memory/memory.oom_control",
+            ]
+        ).output.decode()
+        logs = container.logs().decode()
+        container.reload()
+    assert "oom_kill 0" in events, events
+    assert not container.attrs["State"]["OOMKilled"]
+    assert "SIGKILL" not in logs and "Perhaps out of memory" not in logs, logs[-2000:]

@@ -288,3 +288,27 @@ def test_every_answer_gets_an_access_line_refusals_too() -> None:
         exchange(port, b"NONSENSE\r\n\r\n")
         time.sleep(0.1)
     assert lines == [("POST", "/invocations", 200), ("POST", "/invocations", 413), ("-", "-", 400)]
+
+
+def test_large_bodies_wait_for_room_small_requests_never_do() -> None:
+    """A worker holds one large body at a time beyond small ones: a second large upload waits
+    until the first is answered, while small requests go through meanwhile."""
+    limits = replace(LIMITS, max_body=1024 * 1024, read_timeout=10)
+    head = b"POST /invocations HTTP/1.1\r\nContent-Length: %d\r\n\r\n"
+    with serving(limits=limits) as port:
+        first = socket.create_connection(("127.0.0.1", port), timeout=5)
+        first.sendall(head % 300_000 + b"x" * 250_000)  # holds 250 KB, not yet whole
+        time.sleep(0.2)
+        second = socket.create_connection(("127.0.0.1", port), timeout=5)
+        second.sendall(head % 900_000 + b"y" * 900_000)  # sent whole, but no room to read it
+        status, _, seconds = post(port, b"small")
+        assert status == 200 and seconds < 1
+        second.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            second.recv(65536)  # still waiting for room
+        first.sendall(b"x" * 50_000)
+        assert status_and_json(first.recv(65536))[1]["length"] == 300_000
+        second.settimeout(5)
+        assert status_and_json(second.recv(65536))[1]["length"] == 900_000
+        first.close()
+        second.close()
