@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import io
 import json
 import os
@@ -367,7 +368,9 @@ def post(url: str, body: bytes, timeout: float = 10) -> tuple[int, bytes]:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+    except (urllib.error.URLError, http.client.HTTPException, OSError):
+        # Not answering yet; a port proxy that accepted before the server listens may even
+        # hand back garbage as a status line.
         return 0, b""
 
 
