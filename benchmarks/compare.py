@@ -80,6 +80,10 @@ class BenchmarkFailed(Exception):
     """The run cannot give a fair comparison: a build failed, an answer was wrong, ..."""
 
 
+class ContainerExited(BenchmarkFailed):
+    """A container stopped before its first prediction (MLflow's nginx sometimes does)."""
+
+
 # ---- pure parts: parsing wrk, summarizing, reporting --------------------------------------
 
 
@@ -386,12 +390,15 @@ class Container:
         self.started = time.monotonic()
         self.container = setup.client.containers.run(image, detach=True, **RUN_OPTIONS)
         self.url = ""
+        self.first = 0.0  # seconds from docker run to the first prediction
 
     def first_prediction(self, timeout: float = 120) -> float:
         """Seconds from `docker run` to the first 200 from /invocations."""
         while time.monotonic() - self.started < timeout:
+            self.container.reload()
+            if self.container.status in ("exited", "dead"):
+                raise ContainerExited(f"the container exited; logs:\n{self.logs()}")
             if not self.url:
-                self.container.reload()
                 bindings = self.container.ports.get("8080/tcp")
                 if bindings:
                     self.url = f"http://127.0.0.1:{bindings[0]['HostPort']}"
@@ -489,15 +496,12 @@ def serving_figures(setup: Setup, image: str, starts: int) -> tuple[dict, list]:
     figures: dict[str, float] = {}
     firsts = []
     for _ in range(starts):
-        container = Container(setup, image)
-        try:
-            firsts.append(container.first_prediction())
-        finally:
-            container.remove()
+        container = started(setup, image)
+        firsts.append(container.first)
+        container.remove()
     figures["first_prediction_s"] = statistics.median(firsts)
-    container = Container(setup, image)
+    container = started(setup, image)
     try:
-        container.first_prediction()
         answers = [post(f"{container.url}/invocations", body) for body in setup.check_payloads]
         load(container.url, setup.wrk_script, 16, 2)  # warm-up, not counted
         for connections in (1, 16):
@@ -515,6 +519,25 @@ def serving_figures(setup: Setup, image: str, starts: int) -> tuple[dict, list]:
     finally:
         container.remove()
     return figures, answers
+
+
+def started(setup: Setup, image: str, attempts: int = 3) -> Container:
+    """A container of `image` that has predicted once (its time in `.first`); a start whose
+    container exits first is tried again, and said so."""
+    for attempt in range(1, attempts + 1):
+        container = Container(setup, image)
+        try:
+            container.first = container.first_prediction()
+            return container
+        except ContainerExited as exc:
+            container.remove()
+            print(f"  {image}: start {attempt} of {attempts} failed: {exc}", flush=True)
+            if attempt == attempts:
+                raise
+        except BaseException:
+            container.remove()
+            raise
+    raise AssertionError("unreachable")
 
 
 def build_baseline(setup: Setup, revision: str) -> None:

@@ -14,21 +14,10 @@ from pathlib import Path
 import mlflow.pyfunc
 import pandas as pd
 
-from tests.e2e.conftest import build, remove_tag, serving
+from tests.e2e.conftest import build, post, remove_tag, serving
 from tests.models import PYFUNC_MLMODEL, example_requirements, make_sklearn_model, write_fake_model
 
 PYFUNC_TAG = "mlimg-test/arithmetic:e2e"
-
-
-def post(base_url: str, body: bytes, content_type: str) -> tuple[int, object]:
-    request = urllib.request.Request(
-        f"{base_url}/invocations", data=body, headers={"Content-Type": content_type}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 def iris_frame() -> pd.DataFrame:

@@ -14,7 +14,7 @@ import mlflow.pyfunc
 import pandas as pd
 
 from tests.attacks import slow_and_silent
-from tests.e2e.conftest import serving
+from tests.e2e.conftest import post, serving
 
 
 def predictions(url: str, frame: pd.DataFrame) -> list:
@@ -74,17 +74,6 @@ def test_slow_and_silent_clients_for_30_seconds(docker_client, iris_image: str) 
     assert status == "healthy"
 
 
-def post_body(url: str, body: bytes, content_type: str) -> tuple[int, dict]:
-    request = urllib.request.Request(
-        f"{url}/invocations", data=body, headers={"Content-Type": content_type}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
 def test_under_300_mb_the_documented_limits_hold_and_no_worker_dies(
     docker_client, iris_image: str
 ) -> None:
@@ -100,15 +89,15 @@ def test_under_300_mb_the_documented_limits_hold_and_no_worker_dies(
     options = {"mem_limit": "300m", "memswap_limit": "300m", "environment": {"MLIMG_WORKERS": "2"}}
     with serving(docker_client, iris_image, **options) as url:
         container = docker_client.containers.list(filters={"label": "mlimg.e2e"})[0]
-        status, answer = post_body(url, fits, "text/csv")
+        status, answer = post(url, fits, "text/csv")
         assert status == 200 and len(answer["predictions"]) == 60_000
-        status, answer = post_body(url, too_long, "application/json")  # 37 MB: over the body limit
+        status, answer = post(url, too_long, "application/json")  # 37 MB: over the body limit
         assert status == 413, answer
         for body in (too_wide, dense):  # under the body limit, over the decoding budget
-            status, answer = post_body(url, body, "text/csv")
+            status, answer = post(url, body, "text/csv")
             assert status == 413 and "MLIMG_MAX_DECODED_BYTES" in answer["message"], answer
         with ThreadPoolExecutor(4) as pool:  # large ones at once take turns
-            statuses = list(pool.map(lambda _: post_body(url, fits, "text/csv")[0], range(4)))
+            statuses = list(pool.map(lambda _: post(url, fits, "text/csv", 120)[0], range(4)))
         assert statuses == [200] * 4
         # The kernel's count of processes it killed for memory: cgroup v2, else v1.
         events = container.exec_run(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import build, serving
+from tests.e2e.conftest import build, post, serving
 
 # (base image, what the container installs to save the model): the newest releases that
 # support that Python here (mlflow 3.1 is the last for 3.9).
@@ -60,17 +60,6 @@ def make_model(docker_client, python: str, dest: Path, ca_cert: Path) -> Path:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return dest / "model"
-
-
-def post(url: str, body: bytes, content_type: str) -> tuple[int, object]:
-    request = urllib.request.Request(
-        f"{url}/invocations", data=body, headers={"Content-Type": content_type}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 @pytest.mark.parametrize("python", sorted(VERSIONS))
