@@ -6,6 +6,7 @@ model's own mlflow.pyfunc predicts (computed in the same container)."""
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import urllib.error
 import urllib.request
@@ -19,7 +20,10 @@ from tests.e2e.conftest import build, post, serving
 # support that Python here (mlflow 3.1 is the last for 3.9).
 VERSIONS = {
     "3.9": ("python:3.9-slim", ["mlflow-skinny==3.1.4", "scikit-learn==1.6.1", "pandas<2.3"]),
-    "3.13": ("python:3.13-slim", ["mlflow-skinny==3.17.2", "scikit-learn==1.7.2"]),
+    "3.13": (
+        "python:3.13-slim",
+        ["mlflow-skinny==3.17.2", "scikit-learn==1.7.2", "pandas", "skops"],
+    ),
 }
 
 SAVE_MODEL = """
@@ -48,7 +52,7 @@ def make_model(docker_client, python: str, dest: Path, ca_cert: Path) -> Path:
         pytest.fail(f"{base} is not present: ../shared/ci/base-image.sh {base} builds it")
     dest.mkdir(parents=True, exist_ok=True)
     script = (
-        f"python -m pip install --quiet --disable-pip-version-check {' '.join(packages)} "
+        f"python -m pip install --quiet --disable-pip-version-check {shlex.join(packages)} "
         f"&& python -c '{SAVE_MODEL}'"
     )
     result = subprocess.run(
