@@ -13,6 +13,7 @@ import datetime as dt
 import os
 import resource
 import signal
+from dataclasses import replace
 from typing import Any
 
 from gunicorn.workers.base import Worker
@@ -118,9 +119,7 @@ def _within_file_limit(limits: Limits) -> Limits:
         except (ValueError, OSError):
             pass
     room = max(16, soft - 256)  # files the model, the logs and the threads may want
-    if limits.max_connections <= room:
-        return limits
-    return Limits(**{**limits.__dict__, "max_connections": room})
+    return replace(limits, max_connections=min(limits.max_connections, room))
 
 
 def _server_name(sockets: list[Any]) -> tuple[str, int]:
