@@ -255,7 +255,9 @@ class Connection(asyncio.Protocol):
         self.header_bytes = 0
         self.in_body = True
         headers = dict(incoming.headers)
-        coding = headers.get(b"transfer-encoding")
+        # Every Transfer-Encoding line counts: "gzip" and "chunked" on two lines are one list.
+        codings = [value for name, value in incoming.headers if name == b"transfer-encoding"]
+        coding = b", ".join(codings) if codings else None
         if coding is not None and coding.strip().lower() != b"chunked":
             raise Rejected(
                 501,

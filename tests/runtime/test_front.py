@@ -147,6 +147,12 @@ def test_a_silent_connection_is_closed_after_the_idle_timeout() -> None:
             501,
             "Transfer-Encoding",
         ),
+        (  # the same, split over two header lines
+            b"POST /invocations HTTP/1.1\r\nTransfer-Encoding: gzip\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            501,
+            "Transfer-Encoding",
+        ),
         (
             b"POST /invocations HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n",
             400,
