@@ -309,8 +309,6 @@ def decode_json(body: bytes, signature: Signature = NO_SIGNATURE, rows: bool = F
     floats = _finite if _HUGE_EXPONENT.search(body) else None
     try:
         payload = json.loads(body, parse_constant=_not_a_json_number, parse_float=floats)
-    except BadRequest:
-        raise
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(
             f"the body is not valid JSON ({_first_line(exc)}): {_prefix(body)}"

@@ -37,7 +37,11 @@ class _Gunicorn(BaseApplication):
         super().__init__()
 
     def load_config(self) -> None:
-        check_settings(self._options, self.cfg.settings)
+        try:
+            check_settings(self._options, self.cfg.settings)
+        except UnknownSettings as exc:  # gunicorn would print any Exception as "Error: ..."
+            log.error("%s", exc)
+            sys.exit(1)
         for key, value in self._options.items():
             if key in self.cfg.settings:
                 self.cfg.set(key, value)
@@ -198,7 +202,6 @@ def gunicorn_options(
         # gunicorn's own timeout is a backstop: requests get 504 after config.timeout.
         "timeout": config.timeout + 30,
         "graceful_timeout": config.graceful_timeout,
-        "keepalive": config.keepalive,
         "accesslog": "-",
         "errorlog": "-",
         "logger_class": access_logger_class(config.log_format, config.log_flush_ms),
@@ -262,16 +265,8 @@ def main() -> None:
         config.port,
         config.workers,
     )
-    options = gunicorn_options(config, loader, temp_dir)
     try:
-        from gunicorn.config import Config
-
-        check_settings(options, Config().settings)
-    except UnknownSettings as exc:
-        log.error("%s", exc)
-        sys.exit(1)
-    try:
-        _Gunicorn(app, options).run()
+        _Gunicorn(app, gunicorn_options(config, loader, temp_dir)).run()
     except SystemExit as exc:
         if loader.failed:
             sys.exit(1)

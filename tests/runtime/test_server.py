@@ -124,7 +124,7 @@ def test_an_unknown_gunicorn_setting_is_refused_not_dropped() -> None:
     options = {**gunicorn_options(config, _ModelLoader(served, "/nowhere")), "no_such": 1}
     with pytest.raises(UnknownSettings, match="does not know the settings no_such"):
         check_settings(options, Config().settings)
-    with pytest.raises(SystemExit):  # gunicorn itself stops on it too, with its own message
+    with pytest.raises(SystemExit):  # the server stops on it, the message logged
         _Gunicorn(create_app(served, config), options)
 
 
