@@ -18,6 +18,7 @@ from pathlib import Path
 
 from mlimg.envs import ModelEnvironment, runtime_path
 from mlimg.errors import InvalidOption, ServerFailed
+from mlimg_runtime import contract
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -36,14 +37,9 @@ def serve(
     workers: int | None,
     timeout: int,
 ) -> None:
-    settings = {
-        "MLIMG_MODEL_PATH": str(model_path),
-        "MLIMG_HOST": host,
-        "PORT": str(port),
-        "MLIMG_TIMEOUT": str(timeout),
-    }
-    if workers:
-        settings["MLIMG_WORKERS"] = str(workers)
+    settings = contract.environment(
+        model_path=model_path, host=host, port=port, timeout=timeout, workers=workers
+    )
     code = run_runtime(env, ["-m", "mlimg_runtime"], settings)
     if code not in (0, 128 + signal.SIGTERM, 128 + signal.SIGINT):
         raise ServerFailed(f"the server exited with code {code} (its log is above)")

@@ -32,10 +32,16 @@ from mlimg.errors import OutputExists
 from mlimg.model import LocalModel
 from mlimg.plan import UV_VERSION, BuildPlan, has_credentials, redact_url
 from mlimg.requirements import ModelRequirement, file_url_path
+from mlimg_runtime import contract
 
 MARKER = "mlimg/context.json"  # marks a directory as one that mlimg wrote (and may replace)
 _BUILD_ENV_DIR = "/tmp/mlimg/env"  # where every template copies the context's env/
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# What the templates read of the image contract (port, user, paths).
+_CONTRACT = {
+    name: getattr(contract, name)
+    for name in ("PORT", "MODEL_PATH", "USER_ID", "USER_NAME", "HOME", "RUNTIME_PATH")
+}
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,13 @@ def render_dockerfile(plan: BuildPlan) -> str:
         keep_tests=plan.keep_tests,
         system_packages=plan.system_packages,
         labels=plan.labels,
+        contract=_CONTRACT,
+        contract_env=" ".join(
+            f"{name}={value}"
+            for name, value in contract.environment(
+                port=contract.PORT, model_path=contract.MODEL_PATH
+            ).items()
+        ),
     )
     return text.rstrip("\n") + "\n"
 

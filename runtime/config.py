@@ -5,67 +5,81 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-DEFAULT_PORT = 8080
+from mlimg_runtime.contract import SETTINGS, TRUE_WORDS, Setting, default
+
 # What one request may cost: its body, and its input once decoded (estimated before decoding).
 # Without a memory limit these; under one, an eighth and a quarter of it (see memory_bounds).
 MAX_REQUEST_BYTES = 100 * 1024 * 1024
 MAX_DECODED_BYTES = 1024 * 1024 * 1024
-BATCHING_MODES = ("auto", "on", "off")
-_TRUE = ("1", "true", "yes", "on")
 
 
 @dataclass(frozen=True)
 class ServerConfig:
-    model_path: str = "/opt/ml/model"
-    host: str = "0.0.0.0"
-    port: int = DEFAULT_PORT
+    """The runtime's settings; each field's variable, default and meaning are in `contract`."""
+
+    model_path: str = default("model_path")
+    host: str = default("host")
+    port: int = default("port")
     workers: int = 1
-    threads: int = 8
-    timeout: int = 60
-    read_timeout: int = 60  # a request's first byte to its last; 408 beyond
-    keepalive: int = 5  # how long an idle connection stays open
-    graceful_timeout: int = 8
+    threads: int = default("threads")
+    timeout: int = default("timeout")
+    read_timeout: int = default("read_timeout")
+    keepalive: int = default("keepalive")
+    graceful_timeout: int = default("graceful_timeout")
     max_request_bytes: int = MAX_REQUEST_BYTES
     max_decoded_bytes: int = MAX_DECODED_BYTES
-    log_format: str = "plain"
-    include_traceback: bool = False
-    batching: str = "auto"  # auto: on for row-wise flavors (sklearn, xgboost, ...)
-    max_batch_rows: int = 64
-    batch_wait_ms: float = 5.0  # how long a batch may wait for the requests it expects
-    log_flush_ms: float = 200.0  # how late an access line may be written (0: at once)
+    log_format: str = default("log_format")
+    include_traceback: bool = default("include_traceback")
+    batching: str = default("batching")
+    max_batch_rows: int = default("max_batch_rows")
+    batch_wait_ms: float = default("batch_wait_ms")
+    log_flush_ms: float = default("log_flush_ms")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> ServerConfig:
         env = os.environ if environ is None else environ
-        log_format = env.get("MLIMG_LOG_FORMAT", "plain").strip().lower()
-        if log_format not in ("plain", "json"):
-            raise ValueError(f"MLIMG_LOG_FORMAT must be 'plain' or 'json', not {log_format!r}")
-        batching = env.get("MLIMG_BATCHING", "auto").strip().lower()
-        if batching not in BATCHING_MODES:
-            modes = ", ".join(BATCHING_MODES)
-            raise ValueError(f"MLIMG_BATCHING must be one of {modes}, not {batching!r}")
-        workers = _positive_int(env, "MLIMG_WORKERS", available_cpus())
-        body_limit, decoded_limit = memory_bounds(memory_limit(), workers)
-        return cls(
-            model_path=env.get("MLIMG_MODEL_PATH", "/opt/ml/model"),
-            host=env.get("MLIMG_HOST", "0.0.0.0"),
-            port=_positive_int(env, "PORT", DEFAULT_PORT),
-            workers=workers,
-            threads=_positive_int(env, "MLIMG_THREADS", cls.threads),
-            timeout=_positive_int(env, "MLIMG_TIMEOUT", 60),
-            read_timeout=_positive_int(env, "MLIMG_READ_TIMEOUT", cls.read_timeout),
-            keepalive=_positive_int(env, "MLIMG_KEEPALIVE", cls.keepalive),
-            graceful_timeout=_positive_int(env, "MLIMG_GRACEFUL_TIMEOUT", 8),
-            max_request_bytes=_positive_int(env, "MLIMG_MAX_REQUEST_BYTES", body_limit),
-            max_decoded_bytes=_positive_int(env, "MLIMG_MAX_DECODED_BYTES", decoded_limit),
-            log_format=log_format,
-            include_traceback=env.get("MLIMG_INCLUDE_TRACEBACK", "").strip().lower() in _TRUE,
-            batching=batching,
-            max_batch_rows=_positive_int(env, "MLIMG_MAX_BATCH_ROWS", cls.max_batch_rows),
-            batch_wait_ms=_milliseconds(env, "MLIMG_BATCH_WAIT_MS", cls.batch_wait_ms),
-            log_flush_ms=_milliseconds(env, "MLIMG_LOG_FLUSH_MS", cls.log_flush_ms),
-        )
+        values = {s.field: read_setting(s, env.get(s.variable)) for s in SETTINGS}
+        if values["workers"] is None:
+            values["workers"] = available_cpus()
+        body_limit, decoded_limit = memory_bounds(memory_limit(), values["workers"])
+        if values["max_request_bytes"] is None:
+            values["max_request_bytes"] = body_limit
+        if values["max_decoded_bytes"] is None:
+            values["max_decoded_bytes"] = decoded_limit
+        return cls(**values)
+
+
+def read_setting(setting: Setting, raw: str | None) -> Any:
+    """A setting's value from its variable's text (None: not set), or ValueError saying why."""
+    if raw is None or (setting.kind != "text" and raw.strip() == ""):
+        return setting.default
+    name = setting.variable
+    if setting.kind == "text":
+        return raw
+    if setting.kind == "flag":
+        return raw.strip().lower() in TRUE_WORDS
+    if setting.kind == "choice":
+        value = raw.strip().lower()
+        if value not in setting.choices:
+            raise ValueError(f"{name} must be one of {', '.join(setting.choices)}, not {value!r}")
+        return value
+    if setting.kind == "ms":
+        try:
+            ms = float(raw)
+        except ValueError:
+            raise ValueError(f"{name} must be a number of milliseconds, not {raw!r}") from None
+        if not 0 <= ms <= 10_000:
+            raise ValueError(f"{name} must be between 0 and 10000 milliseconds, not {raw!r}")
+        return ms
+    try:
+        number = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a positive whole number, not {raw!r}") from None
+    if number < 1:
+        raise ValueError(f"{name} must be a positive whole number, not {raw!r}")
+    return number
 
 
 def available_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
@@ -122,29 +136,3 @@ def _cgroup_quota(root: Path) -> int | None:
         return max(1, -(-quota // period)) if quota > 0 else None
     except (OSError, ValueError):
         return None
-
-
-def _positive_int(env: dict[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a positive whole number, not {raw!r}") from None
-    if value < 1:
-        raise ValueError(f"{name} must be a positive whole number, not {raw!r}")
-    return value
-
-
-def _milliseconds(env: dict[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number of milliseconds, not {raw!r}") from None
-    if not 0 <= value <= 10_000:
-        raise ValueError(f"{name} must be between 0 and 10000 milliseconds, not {raw!r}")
-    return value

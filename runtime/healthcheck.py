@@ -4,9 +4,11 @@ import os
 import sys
 import urllib.request
 
+from mlimg_runtime.contract import HEALTH_PATH, PORT
+
 
 def main() -> int:
-    url = f"http://127.0.0.1:{os.environ.get('PORT', '8080')}/ping"
+    url = f"http://127.0.0.1:{os.environ.get('PORT', PORT)}{HEALTH_PATH}"
     try:
         with urllib.request.urlopen(url, timeout=4) as response:
             return 0 if response.status == 200 else 1

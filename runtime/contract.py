@@ -1,0 +1,230 @@
+"""The image contract, written once: what every image promises from outside and every setting
+its server reads.
+
+The runtime reads its settings from here (`config.ServerConfig`); the builder writes the
+Dockerfile's `EXPOSE`, `USER`, `ENV` and health check, and `mlimg serve`'s environment, from
+here; the README's settings table is this module's `settings_table()` (a test holds them equal).
+Standard library only: the builder imports it without the runtime's dependencies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PORT = 8080
+MODEL_PATH = "/opt/ml/model"
+USER_ID = 10001  # the image's user and group: not root, and no name needed to run as it
+USER_NAME = "mlimg"
+HOME = "/home/mlimg"
+RUNTIME_PATH = "/opt/mlimg"  # where the image keeps mlimg_runtime (on PYTHONPATH)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    answer: str
+
+
+ENDPOINTS = (
+    Endpoint(
+        "GET",
+        "/ping",
+        "200 once the model is loaded; 503 while it loads (the port answers at once, so an "
+        'orchestrator can tell "starting" from "dead")',
+    ),
+    Endpoint("GET", "/health", "the same as `/ping`"),
+    Endpoint("GET", "/version", '`{"mlflow_version": ..., "mlimg_version": ...}`'),
+    Endpoint(
+        "POST",
+        "/invocations",
+        '`{"predictions": ...}` (MLflow\'s shapes: frames as records, arrays as lists, bytes as '
+        'base64); errors as `{"error_code": ..., "message": ...}`',
+    ),
+)
+HEALTH_PATH = "/ping"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable the server reads.
+
+    `kind` says how its text is read: `int` a positive whole number, `ms` milliseconds from 0
+    to 10000, `choice` one of `choices` (case and spaces ignored), `flag` on for 1/true/yes/on,
+    `text` as it is. A `default` of None is worked out at start-up (`default_text` says how).
+    """
+
+    variable: str
+    field: str  # the ServerConfig attribute it sets
+    kind: str
+    default: object
+    meaning: str
+    default_text: str = ""
+    choices: tuple[str, ...] = ()
+
+    @property
+    def shown_default(self) -> str:
+        if self.default_text:
+            return self.default_text
+        if isinstance(self.default, float) and self.default.is_integer():
+            return f"`{int(self.default)}`"
+        return f"`{self.default}`"
+
+
+SETTINGS = (
+    Setting("PORT", "port", "int", PORT, "the port to listen on"),
+    Setting("MLIMG_HOST", "host", "text", "0.0.0.0", "the address to bind"),
+    Setting(
+        "MLIMG_WORKERS",
+        "workers",
+        "int",
+        None,
+        "worker processes",
+        default_text="CPUs the container may use (its cgroup quota, not the host's count)",
+    ),
+    Setting(
+        "MLIMG_THREADS",
+        "threads",
+        "int",
+        8,
+        "threads per worker that decode and predict `/invocations` requests (also the most "
+        "requests one worker batches together)",
+    ),
+    Setting(
+        "MLIMG_BATCHING",
+        "batching",
+        "choice",
+        "auto",
+        "`auto`: batch concurrent requests for row-wise flavors (sklearn, xgboost, lightgbm, "
+        "catboost); `on`: for any model; `off`",
+        choices=("auto", "on", "off"),
+    ),
+    Setting(
+        "MLIMG_MAX_BATCH_ROWS",
+        "max_batch_rows",
+        "int",
+        64,
+        "the most rows predicted in one call; a larger request is predicted alone",
+    ),
+    Setting(
+        "MLIMG_BATCH_WAIT_MS",
+        "batch_wait_ms",
+        "ms",
+        5.0,
+        "how long a batch may wait for more requests, while some are being decoded or fewer "
+        "have come than in the last batch (a lone request never waits)",
+    ),
+    Setting(
+        "MLIMG_TIMEOUT",
+        "timeout",
+        "int",
+        60,
+        "seconds from a request's arrival (whole) to its answer, waiting for a thread and "
+        "decoding included; then 504 (from the front end itself one second later, if the "
+        "application is stuck in a decoder)",
+    ),
+    Setting(
+        "MLIMG_READ_TIMEOUT",
+        "read_timeout",
+        "int",
+        60,
+        "seconds from a request's first byte to its last; then 408",
+    ),
+    Setting(
+        "MLIMG_KEEPALIVE",
+        "keepalive",
+        "int",
+        5,
+        "seconds a connection may stay open with no request under way (a new one included)",
+    ),
+    Setting(
+        "MLIMG_MAX_REQUEST_BYTES",
+        "max_request_bytes",
+        "int",
+        None,
+        "larger bodies are answered 413",
+        default_text="100 MiB, or under a memory limit an eighth of each worker's share of it",
+    ),
+    Setting(
+        "MLIMG_MAX_DECODED_BYTES",
+        "max_decoded_bytes",
+        "int",
+        None,
+        "what one request's input may take once decoded, estimated before decoding: past it, 413",
+        default_text="1 GiB, or under a memory limit a quarter of each worker's share of it",
+    ),
+    Setting(
+        "MLIMG_GRACEFUL_TIMEOUT",
+        "graceful_timeout",
+        "int",
+        8,
+        "seconds in-flight requests get to finish after SIGTERM",
+    ),
+    Setting(
+        "MLIMG_LOG_FORMAT",
+        "log_format",
+        "choice",
+        "plain",
+        "`json` for JSON lines (access lines carry method, path, status, latency_ms)",
+        choices=("plain", "json"),
+    ),
+    Setting(
+        "MLIMG_LOG_FLUSH_MS",
+        "log_flush_ms",
+        "ms",
+        200.0,
+        "how late an access line may be written: each worker writes its access lines in "
+        "batches, as nginx's `access_log ... flush=` does (a write per request, and a wake-up "
+        "of Docker's log reader: p50 at one connection was about 0.3 ms higher that way); `0` "
+        "writes each at once. Other lines are never held",
+    ),
+    Setting(
+        "MLIMG_INCLUDE_TRACEBACK",
+        "include_traceback",
+        "flag",
+        False,
+        "`1` adds `stack_trace` to 500 answers",
+        default_text="off",
+    ),
+    Setting("MLIMG_MODEL_PATH", "model_path", "text", MODEL_PATH, "where the model is"),
+)
+_BY_FIELD = {setting.field: setting for setting in SETTINGS}
+TRUE_WORDS = ("1", "true", "yes", "on")
+
+
+def setting(field: str) -> Setting:
+    return _BY_FIELD[field]
+
+
+def default(field: str) -> object:
+    return _BY_FIELD[field].default
+
+
+def environment(**values: object) -> dict[str, str]:
+    """The environment variables that give settings these values (by ServerConfig field; a
+    value of None is left out, so the server's own default applies)."""
+    return {
+        _BY_FIELD[field].variable: _text(value)
+        for field, value in values.items()
+        if value is not None
+    }
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
+
+
+def settings_table() -> str:
+    """The README's table of settings, in Markdown."""
+    lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    lines += [f"| `{s.variable}` | {s.shown_default} | {s.meaning} |" for s in SETTINGS]
+    return "\n".join(lines) + "\n"
+
+
+def endpoints_table() -> str:
+    """The README's table of endpoints, in Markdown."""
+    lines = ["| endpoint | answer |", "| --- | --- |"]
+    lines += [f"| `{e.method} {e.path}` | {e.answer} |" for e in ENDPOINTS]
+    return "\n".join(lines) + "\n"
