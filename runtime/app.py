@@ -22,11 +22,9 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from mlimg_runtime import __version__
-from mlimg_runtime.batching import Batcher, row_wise
+from mlimg_runtime.batching import Batcher
 from mlimg_runtime.codecs import (
-    NO_SIGNATURE,
     ModelInput,
-    Signature,
     as_frame,
     decode_request,
     decoded_size,
@@ -43,30 +41,10 @@ from mlimg_runtime.errors import (
     error_code,
 )
 from mlimg_runtime.memory import MemoryGate
+from mlimg_runtime.model import ServedModel, predict
 
 log = logging.getLogger("mlimg_runtime")
 _JSON = "application/json"
-
-
-class ServedModel:
-    """The model being served, and what answering needs from it; empty while it loads."""
-
-    def __init__(self) -> None:
-        self.model: Any = None
-        self.signature: Signature = NO_SIGNATURE
-        self.mlflow_version: str | None = None
-        self.row_wise = False  # each row's prediction depends on that row alone
-
-    def set(self, model: Any, mlflow_version: str | None) -> None:
-        self.signature = Signature.of(model)
-        self.mlflow_version = mlflow_version
-        metadata = getattr(model, "metadata", None)
-        self.row_wise = row_wise(getattr(metadata, "flavors", None))
-        self.model = model  # last: a request seeing the model sees its signature too
-
-    @property
-    def loaded(self) -> bool:
-        return self.model is not None
 
 
 def create_app(served: ServedModel, config: ServerConfig | None = None) -> ScoringApp:
@@ -245,38 +223,6 @@ def _encode(predictions: Any, model_input: ModelInput) -> bytes:
         raise PredictionFailed(f"the model's output cannot be encoded as JSON: {exc}") from exc
 
 
-# Exceptions a model raises on input that passed the schema, taken as the client's input being
-# wrong (400): scikit-learn, numpy and pandas raise ValueError for NaN, a wrong shape or an
-# empty input, TypeError for a value of the wrong type. Anything else is the model's (500).
-CLIENT_ERRORS = (ValueError, TypeError)
-
-
-def predict(model: Any, data: Any, params: dict[str, Any], tracebacks: bool = False) -> Any:
-    """model.predict, with its failures sorted: bad input is the client's, the rest the model's.
-
-    Each failure is one log line; with `tracebacks` (MLIMG_INCLUDE_TRACEBACK), its traceback.
-    """
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return model.predict(data, params=params or None)
-    except MlflowException as exc:
-        # mlflow raises these for input or params that do not fit the model's signature.
-        status = exc.get_http_status_code() if hasattr(exc, "get_http_status_code") else 400
-        if status >= 500:
-            log.error("the model failed: %s", _short(exc.message), exc_info=tracebacks)
-            raise PredictionFailed(_short(exc.message)) from exc
-        raise BadRequest(_short(exc.message)) from None
-    except CLIENT_ERRORS as exc:
-        message = f"the model refused the input: {type(exc).__name__}: {_short(str(exc))}"
-        log.info("%s", message, exc_info=tracebacks)
-        raise BadRequest(message) from exc
-    except Exception as exc:
-        message = f"the model raised {type(exc).__name__}: {_short(str(exc))}"
-        log.error("%s", message, exc_info=tracebacks)
-        raise PredictionFailed(message) from exc
-
-
 class _Deadline:
     """Waits for each request's prediction no longer than the timeout, counted from the
     request's start, so that a slow one is answered 504 in time.
@@ -339,7 +285,3 @@ def _error_body(
 
 
 _STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in http.HTTPStatus}
-
-
-def _short(text: str, limit: int = 500) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."

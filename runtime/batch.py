@@ -23,9 +23,7 @@ from typing import IO, Any
 
 import pandas as pd
 
-from mlimg_runtime.app import predict
 from mlimg_runtime.codecs import (
-    Signature,
     csv_options,
     decode_json,
     json_default,
@@ -33,6 +31,7 @@ from mlimg_runtime.codecs import (
     prepare_frame,
 )
 from mlimg_runtime.errors import BadRequest, ScoringError
+from mlimg_runtime.model import Signature, load_model, predict
 
 log = logging.getLogger("mlimg_runtime")
 DEFAULT_CHUNK_ROWS = 10_000
@@ -41,8 +40,6 @@ DEFAULT_CHUNK_ROWS = 10_000
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     try:
-        from mlimg_runtime.server import load_model
-
         model, _ = load_model(args.model)
     except Exception as exc:
         print(

@@ -32,14 +32,7 @@ from mlimg_runtime.errors import PredictionFailed
 
 log = logging.getLogger("mlimg_runtime")
 
-# Flavors whose predict is a function of each row alone: batching cannot change an answer.
-ROW_WISE_FLAVORS = frozenset({"sklearn", "xgboost", "lightgbm", "catboost"})
 _POLL_SECONDS = 0.0002
-
-
-def row_wise(flavors: Any) -> bool:
-    """Whether a model with these MLmodel flavors predicts each row independently."""
-    return bool(ROW_WISE_FLAVORS & set(flavors or ()))
 
 
 class _Arrival:

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from mlimg_runtime.errors import BadRequest, ScoringError, UnsupportedMediaType
+from mlimg_runtime.model import NO_SIGNATURE, Signature
 
 JSON = "application/json"
 CSV_TYPES = ("text/csv", "application/csv")
@@ -43,42 +44,6 @@ class ModelInput:
     params: dict[str, Any] = field(default_factory=dict)
     unwrapped: bool = False  # a raw LLM payload: the answer is not wrapped in "predictions"
 
-
-@dataclass(frozen=True)
-class Signature:
-    """What decoding needs from the model's signature, read once when the model loads."""
-
-    input_schema: Any = None  # mlflow.types.Schema or None
-    param_names: frozenset[str] = frozenset()
-    column_types: dict[str, str] = field(default_factory=dict)  # named DataType columns
-    tensor_dtype: Any = None  # numpy dtype of a single unnamed tensor input
-
-    @property
-    def text_tensor(self) -> bool:
-        """An unnamed tensor of anything but numbers: a CSV header cannot be told apart."""
-        return self.tensor_dtype is not None and self.tensor_dtype.kind not in "biuf"
-
-    @classmethod
-    def of(cls, model: Any) -> Signature:
-        metadata = getattr(model, "metadata", None)
-        if metadata is None:
-            return cls()
-        schema = metadata.get_input_schema()
-        params = metadata.get_params_schema() if hasattr(metadata, "get_params_schema") else None
-        column_types: dict[str, str] = {}
-        if schema is not None and schema.has_input_names() and not schema.is_tensor_spec():
-            for spec in schema.inputs:
-                kind = getattr(spec.type, "name", None)  # DataType members have a name
-                if isinstance(kind, str):
-                    column_types[spec.name] = kind
-        names = frozenset(p.name for p in params.params) if params is not None else frozenset()
-        tensor_dtype = None
-        if schema is not None and schema.is_tensor_spec() and len(schema.inputs) == 1:
-            tensor_dtype = getattr(schema.inputs[0], "type", None)  # a numpy dtype
-        return cls(schema, names, column_types, tensor_dtype)
-
-
-NO_SIGNATURE = Signature()
 
 # JSON's scalar types that pandas reads into one dtype per column whatever the other rows are.
 _PLAIN_TYPES = frozenset({float, int, str, bool})

@@ -21,10 +21,11 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
-from mlimg_runtime.app import ServedModel, create_app
+from mlimg_runtime.app import create_app
 from mlimg_runtime.config import ServerConfig
 from mlimg_runtime.front import Limits
 from mlimg_runtime.logs import access_logger_class, configure_logging
+from mlimg_runtime.model import ServedModel, load_model
 from mlimg_runtime.worker import EventLoopWorker
 
 log = logging.getLogger("mlimg_runtime")
@@ -103,14 +104,6 @@ class _Arbiter(Arbiter):
             for _ in range(self.num_workers):
                 self.spawn_worker()
         super().manage_workers()  # stops the surplus, oldest first: the ones without the model
-
-
-def load_model(path: str) -> tuple[Any, str | None]:
-    """Load the model through mlflow.pyfunc; returns it with the mlflow version that loaded it."""
-    import mlflow
-    import mlflow.pyfunc
-
-    return mlflow.pyfunc.load_model(path), getattr(mlflow, "__version__", None)
 
 
 class _ModelLoader:

@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 from werkzeug.test import Client
 
-from mlimg_runtime.app import ServedModel, create_app
+from mlimg_runtime.app import create_app
 from mlimg_runtime.config import ServerConfig
+from mlimg_runtime.model import ServedModel
 
 
 def client_for(model_dir: Path, config: ServerConfig | None = None):

@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlimg_runtime.batching import Batcher, _Request, row_wise, split_rows
+from mlimg_runtime.batching import Batcher, _Request, split_rows
 from mlimg_runtime.codecs import Rows
+from mlimg_runtime.model import row_wise
 
 
 class RowWiseModel:

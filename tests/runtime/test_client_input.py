@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 from werkzeug.test import Client
 
-from mlimg_runtime.app import ServedModel, create_app
+from mlimg_runtime.app import create_app
 from mlimg_runtime.config import ServerConfig
+from mlimg_runtime.model import ServedModel
 
 COLUMNS = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
 

@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from mlimg_runtime.codecs import (
     MEDIA_TYPES,
     Rows,
-    Signature,
     decode_csv,
     decode_json,
     decode_request,
@@ -22,6 +21,7 @@ from mlimg_runtime.codecs import (
     parse_content_type,
 )
 from mlimg_runtime.errors import BadRequest, ScoringError, UnsupportedMediaType
+from mlimg_runtime.model import Signature
 
 FRAME = pd.DataFrame({"a": [1.0, 2.0], "b": ["x", "y"]})
 TYPED = Signature(column_types={"a": "long", "b": "binary", "c": "datetime"})

@@ -99,7 +99,8 @@ def test_a_large_request_that_never_gets_room_times_out() -> None:
 def test_past_the_budget_a_request_is_413_before_decoding(loaded_models: dict) -> None:
     from werkzeug.test import Client
 
-    from mlimg_runtime.app import ServedModel, create_app
+    from mlimg_runtime.app import create_app
+    from mlimg_runtime.model import ServedModel
 
     served = ServedModel()
     served.set(loaded_models["sklearn"], "3.17.2")

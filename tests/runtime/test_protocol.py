@@ -9,8 +9,9 @@ import time
 import pytest
 from werkzeug.test import Client
 
-from mlimg_runtime.app import ServedModel, create_app
+from mlimg_runtime.app import create_app
 from mlimg_runtime.config import ServerConfig
+from mlimg_runtime.model import ServedModel
 from tests.conformance import CASES, check_answer
 
 

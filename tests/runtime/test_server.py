@@ -11,8 +11,9 @@ from types import SimpleNamespace
 import pytest
 from gunicorn.config import Config
 
-from mlimg_runtime.app import ServedModel, create_app
+from mlimg_runtime.app import create_app
 from mlimg_runtime.config import ServerConfig
+from mlimg_runtime.model import ServedModel
 from mlimg_runtime.server import (
     GUNICORN_RANGE,
     UnknownSettings,

@@ -1,0 +1,128 @@
+"""The model, apart from any transport: loading it, what answering needs from it (its
+signature and flavor traits), and prediction with its failures sorted into the client's (400)
+and the model's (500).
+
+The HTTP server (`app`), batch inference (`batch`) and any other serving engine use this
+module; it imports neither flask nor gunicorn.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlimg_runtime.errors import BadRequest, PredictionFailed
+
+log = logging.getLogger("mlimg_runtime")
+
+
+def load_model(path: str) -> tuple[Any, str | None]:
+    """Load the model through mlflow.pyfunc; returns it with the mlflow version that loaded it."""
+    import mlflow
+    import mlflow.pyfunc
+
+    return mlflow.pyfunc.load_model(path), getattr(mlflow, "__version__", None)
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What decoding needs from the model's signature, read once when the model loads."""
+
+    input_schema: Any = None  # mlflow.types.Schema or None
+    param_names: frozenset[str] = frozenset()
+    column_types: dict[str, str] = field(default_factory=dict)  # named DataType columns
+    tensor_dtype: Any = None  # numpy dtype of a single unnamed tensor input
+
+    @property
+    def text_tensor(self) -> bool:
+        """An unnamed tensor of anything but numbers: a CSV header cannot be told apart."""
+        return self.tensor_dtype is not None and self.tensor_dtype.kind not in "biuf"
+
+    @classmethod
+    def of(cls, model: Any) -> Signature:
+        metadata = getattr(model, "metadata", None)
+        if metadata is None:
+            return cls()
+        schema = metadata.get_input_schema()
+        params = metadata.get_params_schema() if hasattr(metadata, "get_params_schema") else None
+        column_types: dict[str, str] = {}
+        if schema is not None and schema.has_input_names() and not schema.is_tensor_spec():
+            for spec in schema.inputs:
+                kind = getattr(spec.type, "name", None)  # DataType members have a name
+                if isinstance(kind, str):
+                    column_types[spec.name] = kind
+        names = frozenset(p.name for p in params.params) if params is not None else frozenset()
+        tensor_dtype = None
+        if schema is not None and schema.is_tensor_spec() and len(schema.inputs) == 1:
+            tensor_dtype = getattr(schema.inputs[0], "type", None)  # a numpy dtype
+        return cls(schema, names, column_types, tensor_dtype)
+
+
+NO_SIGNATURE = Signature()
+
+
+# Flavors whose predict is a function of each row alone: batching cannot change an answer.
+ROW_WISE_FLAVORS = frozenset({"sklearn", "xgboost", "lightgbm", "catboost"})
+
+
+def row_wise(flavors: Any) -> bool:
+    """Whether a model with these MLmodel flavors predicts each row independently."""
+    return bool(ROW_WISE_FLAVORS & set(flavors or ()))
+
+
+class ServedModel:
+    """The model being served, and what answering needs from it; empty while it loads."""
+
+    def __init__(self) -> None:
+        self.model: Any = None
+        self.signature: Signature = NO_SIGNATURE
+        self.mlflow_version: str | None = None
+        self.row_wise = False  # each row's prediction depends on that row alone
+
+    def set(self, model: Any, mlflow_version: str | None) -> None:
+        self.signature = Signature.of(model)
+        self.mlflow_version = mlflow_version
+        metadata = getattr(model, "metadata", None)
+        self.row_wise = row_wise(getattr(metadata, "flavors", None))
+        self.model = model  # last: a request seeing the model sees its signature too
+
+    @property
+    def loaded(self) -> bool:
+        return self.model is not None
+
+
+# Exceptions a model raises on input that passed the schema, taken as the client's input being
+# wrong (400): scikit-learn, numpy and pandas raise ValueError for NaN, a wrong shape or an
+# empty input, TypeError for a value of the wrong type. Anything else is the model's (500).
+CLIENT_ERRORS = (ValueError, TypeError)
+
+
+def predict(model: Any, data: Any, params: dict[str, Any], tracebacks: bool = False) -> Any:
+    """model.predict, with its failures sorted: bad input is the client's, the rest the model's.
+
+    Each failure is one log line; with `tracebacks` (MLIMG_INCLUDE_TRACEBACK), its traceback.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return model.predict(data, params=params or None)
+    except MlflowException as exc:
+        # mlflow raises these for input or params that do not fit the model's signature.
+        status = exc.get_http_status_code() if hasattr(exc, "get_http_status_code") else 400
+        if status >= 500:
+            log.error("the model failed: %s", _short(exc.message), exc_info=tracebacks)
+            raise PredictionFailed(_short(exc.message)) from exc
+        raise BadRequest(_short(exc.message)) from None
+    except CLIENT_ERRORS as exc:
+        message = f"the model refused the input: {type(exc).__name__}: {_short(str(exc))}"
+        log.info("%s", message, exc_info=tracebacks)
+        raise BadRequest(message) from exc
+    except Exception as exc:
+        message = f"the model raised {type(exc).__name__}: {_short(str(exc))}"
+        log.error("%s", message, exc_info=tracebacks)
+        raise PredictionFailed(message) from exc
+
+
+def _short(text: str, limit: int = 500) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
