@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 import mlimg
-from mlimg import engine, envs
+from mlimg import daemon, envs
 from mlimg import host as host_runtime
 from mlimg.errors import MlimgError
 from mlimg.model import LocalModel, load_local_model
@@ -156,7 +156,7 @@ def cli() -> None:
 )
 @_reports_errors
 def generate_dockerfile(model_uri: str, output_dir: Path, **options: Any) -> None:
-    """Write a Dockerfile and a self-contained build context for MODEL (no engine needed)."""
+    """Write a Dockerfile and a self-contained build context for MODEL (no Docker engine needed)."""
     context = _render(model_uri, output_dir, link_model_files=False, **options)
     for notice in context.notices:
         _say(f"note: {notice}")
@@ -188,13 +188,13 @@ def build(
     **options: Any,
 ) -> None:
     """Build an image for MODEL through the Docker engine, then smoke-test it."""
-    engine.check_tag(tag)
-    client = engine.connect()
+    daemon.check_tag(tag)
+    client = daemon.connect()
     with tempfile.TemporaryDirectory(prefix="mlimg-context-") as tmp:
         context = _render(model_uri, Path(tmp) / "context", link_model_files=True, **options)
         plan = context.plan
         _say(f"building {tag} from {plan.model.uri} ({plan.env_manager}, {plan.base_image})")
-        built = engine.build_image(
+        built = daemon.build_image(
             client, context.path, plan.build_args, _say, verbose=verbose, no_cache=no_cache
         )
     _say(
@@ -206,13 +206,13 @@ def build(
         try:
             smoke_test(client, built.id, plan.model.serving_example, _say, smoke_timeout)
         except BaseException:  # a failure or Ctrl-C: the untested image must not stay
-            engine.remove_image(client, built.id)
+            daemon.remove_image(client, built.id)
             _say(
                 f"the new image did not pass its smoke test and was removed; {tag} was not changed"
             )
             raise
-    engine.tag_image(client, built.id, tag)
-    size = engine.image_size(client, tag)
+    daemon.tag_image(client, built.id, tag)
+    size = daemon.image_size(client, tag)
     size_text = f"{size / 1e6:.0f} MB" if size is not None else "size unknown"
     click.echo(f"{tag}: {size_text}; run it with: docker run -p 5000:8080 {tag}")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mlimg import engine
+from mlimg import daemon
 from mlimg.errors import EngineUnavailable
 from tests.probes import answers_ping
 
@@ -33,7 +33,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def docker_client():
     try:
-        client = engine.connect()
+        client = daemon.connect()
     except EngineUnavailable as exc:
         if os.environ.get("CI"):
             pytest.fail(f"CI is set, so the end-to-end tests must run, but: {exc}")

@@ -1,4 +1,5 @@
-"""The one way mlimg talks to the Docker engine: connect, build, tag, remove (Docker SDK)."""
+"""The one way mlimg talks to the Docker daemon (the Docker engine, not a serving engine):
+connect, build, tag, remove, through the Docker SDK."""
 
 from __future__ import annotations
 
