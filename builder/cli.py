@@ -1,12 +1,11 @@
-"""The command line: parse options, call resolve -> plan -> render -> build -> smoke test in
-order, and turn domain errors into one message and an exit code."""
+"""The command line: parse options, call the steps (`build`, `envs`, `host`) in order, and turn
+domain errors into one message and an exit code."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,13 +13,14 @@ from typing import Any
 import click
 
 import mlimg
-from mlimg import daemon, envs
+from mlimg import envs
 from mlimg import host as host_runtime
+from mlimg.build import BuildSettings, build_and_tag, write_context
+from mlimg.engines import DEFAULT_ENGINE, serving_engine
+from mlimg.envmanagers import DEFAULT_ENV_MANAGER, ENV_MANAGERS
 from mlimg.errors import MlimgError
 from mlimg.model import LocalModel, load_local_model
-from mlimg.plan import DEFAULT_ENV_MANAGER, ENV_MANAGERS, BuildOptions, plan_build
-from mlimg.render import RenderedContext, render_context
-from mlimg.smoke import smoke_test
+from mlimg.plan import BuildOptions
 from mlimg.uris import open_model
 
 
@@ -61,7 +61,7 @@ def _build_options(command: Callable[..., Any]) -> Callable[..., Any]:
         _MODEL_OPTION,
         click.option(
             "--env-manager",
-            type=click.Choice(ENV_MANAGERS),
+            type=click.Choice(list(ENV_MANAGERS)),
             default=DEFAULT_ENV_MANAGER,
             show_default=True,
             help="How the image installs the model's environment.",
@@ -125,17 +125,10 @@ def _build_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-def _render(model_uri: str, dest: Path, link_model_files: bool, **options: Any) -> RenderedContext:
-    """Resolve the model (downloading a remote one), plan, and write the build context."""
-    ca_cert = options.pop("ca_cert")
+def _options(**options: Any) -> BuildOptions:
     if options.pop("no_ca_cert"):
-        ca_cert = None
-    with open_model(model_uri) as resolved:
-        model = load_local_model(resolved)
-        plan = plan_build(model, BuildOptions(ca_cert=ca_cert, **options))
-        if plan.ca_cert is not None:
-            _say(f"trusting the CA bundle {plan.ca_cert} during the build")
-        return render_context(plan, dest, link_model_files=link_model_files)
+        options["ca_cert"] = None
+    return BuildOptions(**options)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -157,7 +150,7 @@ def cli() -> None:
 @_reports_errors
 def generate_dockerfile(model_uri: str, output_dir: Path, **options: Any) -> None:
     """Write a Dockerfile and a self-contained build context for MODEL (no Docker engine needed)."""
-    context = _render(model_uri, output_dir, link_model_files=False, **options)
+    context = write_context(model_uri, _options(**options), output_dir, _say)
     for notice in context.notices:
         _say(f"note: {notice}")
     _say(f"wrote {context.path}/Dockerfile and its build context")
@@ -188,33 +181,10 @@ def build(
     **options: Any,
 ) -> None:
     """Build an image for MODEL through the Docker engine, then smoke-test it."""
-    daemon.check_tag(tag)
-    client = daemon.connect()
-    with tempfile.TemporaryDirectory(prefix="mlimg-context-") as tmp:
-        context = _render(model_uri, Path(tmp) / "context", link_model_files=True, **options)
-        plan = context.plan
-        _say(f"building {tag} from {plan.model.uri} ({plan.env_manager}, {plan.base_image})")
-        built = daemon.build_image(
-            client, context.path, plan.build_args, _say, verbose=verbose, no_cache=no_cache
-        )
-    _say(
-        f"built {built.id[7:19]} in {built.seconds:.1f}s "
-        f"({built.cached_steps} of {built.steps} steps from cache)"
-    )
-    if not no_smoke_test:
-        _say("smoke test: starting a container")
-        try:
-            smoke_test(client, built.id, plan.model.serving_example, _say, smoke_timeout)
-        except BaseException:  # a failure or Ctrl-C: the untested image must not stay
-            daemon.remove_image(client, built.id)
-            _say(
-                f"the new image did not pass its smoke test and was removed; {tag} was not changed"
-            )
-            raise
-    daemon.tag_image(client, built.id, tag)
-    size = daemon.image_size(client, tag)
-    size_text = f"{size / 1e6:.0f} MB" if size is not None else "size unknown"
-    click.echo(f"{tag}: {size_text}; run it with: docker run -p 5000:8080 {tag}")
+    settings = BuildSettings(tag, not no_smoke_test, smoke_timeout, no_cache, verbose)
+    image = build_and_tag(model_uri, _options(**options), settings, _say)
+    size = f"{image.size / 1e6:.0f} MB" if image.size is not None else "size unknown"
+    click.echo(f"{tag}: {size}; run it with: docker run -p 5000:8080 {tag}")
 
 
 @contextlib.contextmanager
@@ -229,7 +199,7 @@ def _model_environment(
 
 _HOST_ENV_MANAGER = click.option(
     "--env-manager",
-    type=click.Choice(ENV_MANAGERS),
+    type=click.Choice(list(ENV_MANAGERS)),
     default=DEFAULT_ENV_MANAGER,
     show_default=True,
     help="virtualenv, uv or conda: a cached environment made from the model's own "
@@ -264,7 +234,8 @@ def serve(
     host_runtime.check_port_free(host, port)
     with _model_environment(model_uri, env_manager) as (model, env):
         _say(f"serving {model_uri} on http://{host}:{port} (Ctrl-C stops it)")
-        host_runtime.serve(env, model.path, host, port, workers, timeout)
+        engine = serving_engine(DEFAULT_ENGINE)
+        host_runtime.serve(engine, env, model.path, host, port, workers, timeout)
 
 
 @cli.command("predict")

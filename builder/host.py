@@ -16,6 +16,7 @@ import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from mlimg.engines import ServingEngine
 from mlimg.envs import ModelEnvironment, runtime_path
 from mlimg.errors import InvalidOption, ServerFailed
 from mlimg_runtime import contract
@@ -30,6 +31,7 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def serve(
+    engine: ServingEngine,
     env: ModelEnvironment,
     model_path: Path,
     host: str,
@@ -40,7 +42,7 @@ def serve(
     settings = contract.environment(
         model_path=model_path, host=host, port=port, timeout=timeout, workers=workers
     )
-    code = run_runtime(env, ["-m", "mlimg_runtime"], settings)
+    code = run_runtime(env, ["-m", engine.module], settings)
     if code not in (0, 128 + signal.SIGTERM, 128 + signal.SIGINT):
         raise ServerFailed(f"the server exited with code {code} (its log is above)")
 

@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from importlib.resources import files
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from packaging.requirements import Requirement
 
 import mlimg
+from mlimg.engines import DEFAULT_ENGINE, MLFLOW_DISTRIBUTIONS, serving_engine
+from mlimg.envmanagers import DEFAULT_ENV_MANAGER, env_manager
 from mlimg.errors import InvalidOption
 from mlimg.model import LocalModel
 from mlimg.requirements import ModelRequirement, check_runtime_compatible
 
-ENV_MANAGERS = ("virtualenv", "uv", "local", "conda")
-DEFAULT_ENV_MANAGER = "uv"
-# conda builds its environment in micromamba's image and runs it on a plain Debian base.
-CONDA_BUILD_IMAGE = "mambaorg/micromamba:2.0.5"
-CONDA_DEFAULT_BASE = "debian:bookworm-slim"
-UV_VERSION = "0.13.9"
-_MLFLOW_DISTRIBUTIONS = {"mlflow", "mlflow-skinny"}
 # Flavors that load with the skinny client plus the pyfunc essentials: for these, images install
 # `mlflow-skinny` at the version the model pins `mlflow` to, and leave out the full package's
 # server, UI and plotting dependencies (about 600 MB). Any other flavor keeps full mlflow.
@@ -44,6 +38,7 @@ class BuildOptions:
     """What the user chose on the command line."""
 
     env_manager: str = DEFAULT_ENV_MANAGER
+    engine: str = DEFAULT_ENGINE
     base_image: str | None = None
     ca_cert: Path | None = None
     pip_index_url: str | None = None
@@ -59,10 +54,12 @@ class BuildPlan:
 
     model: LocalModel
     env_manager: str
+    engine: str
     base_image: str
     build_image: str
     requirements: tuple[ModelRequirement, ...]  # the model's, after the mlflow-skinny swap
-    runtime_requirements: tuple[Requirement, ...]
+    runtime_requirements: tuple[Requirement, ...]  # the engine's, under the model's constraint
+    runtime_no_deps: tuple[Requirement, ...]  # the engine's, installed without dependencies
     labels: dict[str, str]
     ca_cert: Path | None
     pip_index_url: str | None
@@ -81,10 +78,8 @@ class BuildPlan:
 
 
 def plan_build(model: LocalModel, options: BuildOptions) -> BuildPlan:
-    if options.env_manager not in ENV_MANAGERS:
-        raise InvalidOption(
-            f"unknown env manager {options.env_manager!r}; choose one of {', '.join(ENV_MANAGERS)}"
-        )
+    manager = env_manager(options.env_manager)
+    engine = serving_engine(options.engine)
     if options.ca_cert is not None:
         check_ca_bundle(options.ca_cert)
     for option, url in (
@@ -94,17 +89,18 @@ def plan_build(model: LocalModel, options: BuildOptions) -> BuildPlan:
         if url:
             check_index_url(option, url)
     requirements = environment_requirements(model, options.full_mlflow)
-    runtime = runtime_requirements(model)
+    runtime = engine.requirements(model)
     check_runtime_compatible(requirements, runtime)
-    base_image = options.base_image or _default_base_image(model, options.env_manager)
-    build_image = CONDA_BUILD_IMAGE if options.env_manager == "conda" else base_image
+    base_image = options.base_image or manager.base_image(model)
     return BuildPlan(
         model=model,
-        env_manager=options.env_manager,
+        env_manager=manager.name,
+        engine=engine.name,
         base_image=base_image,
-        build_image=build_image,
+        build_image=manager.build_image or base_image,
         requirements=tuple(requirements),
         runtime_requirements=tuple(runtime),
+        runtime_no_deps=tuple(engine.no_deps_requirements()),
         labels=image_labels(model, options.env_manager, base_image, requirements),
         ca_cert=options.ca_cert,
         pip_index_url=options.pip_index_url,
@@ -153,7 +149,7 @@ def system_packages(
 
 def mlflow_package(requirements: list[ModelRequirement]) -> str | None:
     """Which mlflow distribution an environment installs, if it names one."""
-    return next((item.name for item in requirements if item.name in _MLFLOW_DISTRIBUTIONS), None)
+    return next((item.name for item in requirements if item.name in MLFLOW_DISTRIBUTIONS), None)
 
 
 def image_labels(
@@ -223,25 +219,3 @@ def redact_url(url: str) -> str:
     if parts.fragment:
         parts = parts._replace(fragment="***")
     return parts.geturl()
-
-
-def runtime_requirement_lines() -> list[str]:
-    text = files("mlimg_runtime").joinpath("requirements.txt").read_text(encoding="utf-8")
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
-
-
-def runtime_requirements(model: LocalModel) -> list[Requirement]:
-    """What the runtime adds to the model's environment, in images and on the host."""
-    requirements = [Requirement(line) for line in runtime_requirement_lines()]
-    if not any(req.name in _MLFLOW_DISTRIBUTIONS for req in model.requirements):
-        # The runtime loads the model through mlflow.pyfunc: bring the skinny client the model
-        # was saved with when the model's own requirements do not name mlflow.
-        pin = f"=={model.mlflow_version}" if model.mlflow_version else ""
-        requirements.append(Requirement(f"mlflow-skinny{pin}"))
-    return requirements
-
-
-def _default_base_image(model: LocalModel, env_manager: str) -> str:
-    if env_manager == "conda":
-        return CONDA_DEFAULT_BASE
-    return f"python:{model.python_minor}-slim"

@@ -28,9 +28,11 @@ from jinja2.sandbox import SandboxedEnvironment
 from packaging.requirements import Requirement
 
 import mlimg
+from mlimg.engines import serving_engine
+from mlimg.envmanagers import UV_VERSION, env_manager
 from mlimg.errors import OutputExists
 from mlimg.model import LocalModel
-from mlimg.plan import UV_VERSION, BuildPlan, has_credentials, redact_url
+from mlimg.plan import BuildPlan, has_credentials, redact_url
 from mlimg.requirements import ModelRequirement, file_url_path
 from mlimg_runtime import contract
 
@@ -54,7 +56,8 @@ class RenderedContext:
 
 def render_dockerfile(plan: BuildPlan) -> str:
     """The Dockerfile text for a plan; pure, so it can be linted and tested without disk."""
-    template = _jinja().get_template(f"{plan.env_manager}.Dockerfile.j2")
+    template = _jinja().get_template(env_manager(plan.env_manager).template)
+    engine = serving_engine(plan.engine)
     text = template.render(
         mlimg_version=mlimg.__version__,
         model_uri=plan.model.uri,
@@ -68,6 +71,9 @@ def render_dockerfile(plan: BuildPlan) -> str:
         keep_tests=plan.keep_tests,
         system_packages=plan.system_packages,
         labels=plan.labels,
+        entrypoint=json.dumps(engine.entrypoint),
+        healthcheck=json.dumps(engine.healthcheck),
+        runtime_no_deps=bool(plan.runtime_no_deps),
         contract=_CONTRACT,
         contract_env=" ".join(
             f"{name}={value}"
@@ -187,6 +193,8 @@ def _write_mlimg_files(plan: BuildPlan, mlimg_dir: Path) -> None:
     _write_lines(
         mlimg_dir / "runtime-requirements.txt", [str(req) for req in plan.runtime_requirements]
     )
+    if plan.runtime_no_deps:
+        _write_lines(mlimg_dir / "runtime-no-deps.txt", [str(req) for req in plan.runtime_no_deps])
     with as_file(files("mlimg_runtime")) as runtime_src:
         _copy_tree(Path(runtime_src), mlimg_dir / "mlimg_runtime", link=False)
     if plan.ca_cert is not None:
@@ -199,6 +207,7 @@ def _write_mlimg_files(plan: BuildPlan, mlimg_dir: Path) -> None:
         "mlimg_version": mlimg.__version__,
         "model_uri": plan.model.uri,
         "env_manager": plan.env_manager,
+        "engine": plan.engine,
         "base_image": plan.base_image,
     }
     (mlimg_dir / "context.json").write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")

@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 
 from mlimg import render
+from mlimg.envmanagers import ENV_MANAGERS
 from mlimg.errors import InvalidOption, OutputExists, RequirementConflict
 from mlimg.model import load_local_model
-from mlimg.plan import ENV_MANAGERS, BuildOptions, plan_build
+from mlimg.plan import BuildOptions, plan_build
 from mlimg.render import render_context, render_dockerfile
 from mlimg.uris import resolve_model_uri
 from tests.models import PYFUNC_MLMODEL, write_fake_model

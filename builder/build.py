@@ -1,0 +1,96 @@
+"""From a model URI to a tagged image, with the build guarantee: an image is tagged only once
+it has passed its smoke test; an image that fails it (or a Ctrl-C during it) is removed, its
+layers kept as cache, and the tag left as it was.
+
+Callable without the command line: `build_and_tag(uri, BuildOptions(...), BuildSettings(...))`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlimg import daemon
+from mlimg.model import load_local_model
+from mlimg.plan import BuildOptions, BuildPlan, plan_build
+from mlimg.render import RenderedContext, render_context
+from mlimg.smoke import smoke_test
+from mlimg.uris import open_model
+
+Report = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """How the image is built and checked (BuildOptions says what goes into it)."""
+
+    tag: str
+    smoke_test: bool = True
+    smoke_timeout: float = 180.0  # seconds the container has to answer /ping
+    no_cache: bool = False
+    verbose: bool = False  # every line of the build's output, not only its steps
+
+
+@dataclass(frozen=True)
+class TaggedImage:
+    tag: str
+    image_id: str
+    plan: BuildPlan
+    size: int | None  # bytes, as the engine reports it
+
+
+def write_context(
+    model_uri: str,
+    options: BuildOptions,
+    dest: Path,
+    report: Report,
+    link_model_files: bool = False,
+) -> RenderedContext:
+    """Resolve the model (downloading a remote one, removed after), plan, and write the build
+    context to `dest`."""
+    with open_model(model_uri) as resolved:
+        model = load_local_model(resolved)
+        plan = plan_build(model, options)
+        if plan.ca_cert is not None:
+            report(f"trusting the CA bundle {plan.ca_cert} during the build")
+        return render_context(plan, dest, link_model_files=link_model_files)
+
+
+def build_and_tag(
+    model_uri: str, options: BuildOptions, settings: BuildSettings, report: Report
+) -> TaggedImage:
+    daemon.check_tag(settings.tag)
+    client = daemon.connect()
+    with tempfile.TemporaryDirectory(prefix="mlimg-context-") as tmp:
+        context = write_context(model_uri, options, Path(tmp) / "context", report, True)
+        plan = context.plan
+        report(
+            f"building {settings.tag} from {plan.model.uri} ({plan.env_manager}, {plan.base_image})"
+        )
+        built = daemon.build_image(
+            client,
+            context.path,
+            plan.build_args,
+            report,
+            verbose=settings.verbose,
+            no_cache=settings.no_cache,
+        )
+    report(
+        f"built {built.id[7:19]} in {built.seconds:.1f}s "
+        f"({built.cached_steps} of {built.steps} steps from cache)"
+    )
+    if settings.smoke_test:
+        report("smoke test: starting a container")
+        try:
+            smoke_test(client, built.id, plan.model.serving_example, report, settings.smoke_timeout)
+        except BaseException:  # a failure or Ctrl-C: the untested image must not stay
+            daemon.remove_image(client, built.id)
+            report(
+                f"the new image did not pass its smoke test and was removed; {settings.tag} "
+                "was not changed"
+            )
+            raise
+    daemon.tag_image(client, built.id, settings.tag)
+    return TaggedImage(settings.tag, built.id, plan, daemon.image_size(client, settings.tag))
