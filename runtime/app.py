@@ -56,9 +56,9 @@ def create_app(served: ServedModel, config: ServerConfig | None = None) -> Scori
 class ScoringApp:
     """`/invocations` answered as plain WSGI; every other path by a small Flask app.
 
-    Scoring is the one path that is hot: a Flask request context, its request and response
-    objects cost about a fifth of a millisecond per request, as much as decoding a 1-row
-    request does. The rest (/ping, /health, /version, unknown paths) is rare and keeps Flask.
+    Scoring is the one path that is hot: a Flask request context and its request and response
+    objects cost as much as decoding a 1-row request does (ARCHITECTURE.md, "Measurements").
+    The rest (/ping, /health, /version, unknown paths) is rare and keeps Flask.
     """
 
     def __init__(self, scorer: _Scorer, control: Flask) -> None:

@@ -1,7 +1,7 @@
 """Adaptive batching: requests that arrive together are predicted in one call.
 
-A model's `predict` costs nearly the same for one row as for sixty (about 1 ms for an sklearn
-model, most of it schema checks and input validation), so under concurrent load most of the
+A model's `predict` costs nearly the same for one row as for sixty (most of it schema checks
+and input validation; ARCHITECTURE.md, "Measurements"), so under concurrent load most of the
 work is per call, not per row. Request threads queue their decoded input in the `Batcher`: a
 DataFrame, or the `Rows` of a plain `dataframe_split`, which join into one frame at the price
 of one. A batch takes what has queued, up to `max_rows` rows (waiting `max_wait` seconds for

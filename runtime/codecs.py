@@ -117,7 +117,7 @@ def parse_content_type(header: str | None) -> str:
 # What decoding may cost, estimated from the body before it is parsed (the parsers cannot be
 # stopped half-way): a value (a JSON number or short string, a CSV field) costs at most about
 # 48 bytes as a Python object in a list and then a DataFrame cell, and text twice its length;
-# a CSV column costs the C parser about 4 KiB of its own (10^6 columns in 12 MB took 2.3 GiB).
+# a CSV column costs the C parser about 4 KiB of its own (ARCHITECTURE.md, "Measurements").
 _VALUE_COST = 48
 _COLUMN_COST = 4096
 

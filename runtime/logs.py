@@ -57,9 +57,8 @@ class BatchedLineHandler(logging.Handler):
     """Writes its lines to a file descriptor in batches, at most `interval` seconds late.
 
     Access lines written at once cost a write(2) per request, and a wake-up of the reader at
-    the other end of the pipe (Docker's log copier). Held in batches, p50 at one connection
-    went from 3.08 and 3.01 ms to 2.75 and 2.69 ms here (two pairs, in the image). This is
-    nginx's `access_log ... buffer= flush=`.
+    the other end of the pipe (Docker's log copier), enough to show in p50 at one connection
+    (ARCHITECTURE.md, "Measurements"). This is nginx's `access_log ... buffer= flush=`.
 
     A batch never exceeds PIPE_BUF bytes unless one line does, so that the writes of the
     workers sharing a pipe never interleave inside a line. Held lines are written when the

@@ -5,7 +5,7 @@ MLIMG_MAX_DECODED_BYTES it is 413. Below it, a large request (over 1 MiB decoded
 estimate from the worker's budget (the same number) for as long as it is decoded and
 predicted, so that a worker never holds more than one budget's worth of large inputs at once;
 small requests pass freely. When a large request ends, the C allocator is asked to give back
-what it freed (glibc keeps freed memory otherwise: a 12 MB CSV left a worker 2.3 GiB larger).
+what it freed: glibc keeps freed memory otherwise (ARCHITECTURE.md, "Measurements").
 """
 
 from __future__ import annotations

@@ -92,8 +92,8 @@ class _Arbiter(Arbiter):
     workers are forked at once, and the old ones, now the oldest beyond the worker count, are
     stopped gracefully by gunicorn's own trimming (SIGTERM to the oldest). Waiting for the old
     ones to exit first, as gunicorn's own respawning does, kept the server unable to predict
-    for a further quarter of a second, and for 2.6 s more when a client held keep-alive
-    connections to the old ones (a stopping worker keeps them open for their keep-alive time).
+    for longer, much longer when a client held keep-alive connections to the old ones (a
+    stopping worker keeps them open for their keep-alive time) (ARCHITECTURE.md, "Measurements").
     """
 
     swap_pending = False  # set by the loader thread, cleared here
@@ -131,7 +131,7 @@ class _ModelLoader:
         self.served.set(model, mlflow_version)
         # The model and the libraries it imported live as long as the process: move them out
         # of the collector's sight, so that a full collection in a worker (which would walk
-        # about a million objects, 100 ms or more) stays short, and forked workers keep
+        # about a million objects) stays short, and forked workers keep
         # sharing those pages instead of copying them when the collector touches them. The
         # collector was off while they loaded (see main), the recipe of gc.freeze's docs.
         gc.freeze()
@@ -146,9 +146,9 @@ class _ModelLoader:
         worker found already gone, where it does nothing).
 
         A worker forked before the model loaded holds nothing of the model's to finish, yet
-        Python's teardown of its modules kept it running for most of a second after the swap,
-        beside the new workers: the container's peak memory measured 320 to 329 MB with that,
-        234 to 246 MB when it leaves at once, as it now does.
+        Python's teardown of its modules kept it running beside the new workers after the
+        swap, which raised the container's peak memory (ARCHITECTURE.md, "Measurements"): it
+        leaves at once.
         """
         if worker.pid == os.getpid() and not self.served.loaded:
             logging.shutdown()  # its held access lines

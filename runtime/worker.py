@@ -99,8 +99,7 @@ class EventLoopWorker(Worker):
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
     """uvloop's loop where it is installed (the runtime's requirements bring it on Linux),
-    else asyncio's: the host's 16-connection throughput measured 2,556 to 3,279 req/s with
-    uvloop against 1,786 to 1,959 with asyncio's loop, in alternating runs."""
+    else asyncio's, which is slower under concurrent load (ARCHITECTURE.md, "Measurements")."""
     try:
         import uvloop
     except ImportError:
