@@ -8,10 +8,10 @@ import subprocess
 import sys
 
 
-def test_model_codecs_and_batch_import_no_web_framework() -> None:
+def test_model_scoring_codecs_and_batch_import_no_web_framework() -> None:
     code = (
         "import sys, mlimg_runtime.model, mlimg_runtime.codecs, mlimg_runtime.batching, "
-        "mlimg_runtime.batch, mlimg_runtime.contract; "
+        "mlimg_runtime.batch, mlimg_runtime.contract, mlimg_runtime.scoring; "
         "print(sorted(m for m in ('flask', 'werkzeug', 'gunicorn') if m in sys.modules))"
     )
     result = subprocess.run(
