@@ -16,7 +16,7 @@ import mlimg
 from mlimg import envs
 from mlimg import host as host_runtime
 from mlimg.build import BuildSettings, build_and_tag, write_context
-from mlimg.engines import DEFAULT_ENGINE, serving_engine
+from mlimg.engines import DEFAULT_ENGINE, ENGINES, serving_engine
 from mlimg.envmanagers import DEFAULT_ENV_MANAGER, ENV_MANAGERS
 from mlimg.errors import MlimgError
 from mlimg.model import LocalModel, load_local_model
@@ -56,6 +56,16 @@ _MODEL_OPTION = click.option(
 )
 
 
+_ENGINE_OPTION = click.option(
+    "--engine",
+    type=click.Choice(list(ENGINES)),
+    default=DEFAULT_ENGINE,
+    show_default=True,
+    help="The serving engine: mlimg (mlimg's own server) or mlserver (MLServer 1.7.1: the "
+    "MLflow scoring protocol plus V2 inference, gRPC on 8081, metrics on 8082).",
+)
+
+
 def _build_options(command: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         _MODEL_OPTION,
@@ -66,6 +76,7 @@ def _build_options(command: Callable[..., Any]) -> Callable[..., Any]:
             show_default=True,
             help="How the image installs the model's environment.",
         ),
+        _ENGINE_OPTION,
         click.option(
             "--base-image",
             metavar="IMAGE",
@@ -189,12 +200,12 @@ def build(
 
 @contextlib.contextmanager
 def _model_environment(
-    model_uri: str, env_manager: str
+    model_uri: str, env_manager: str, engine: str = DEFAULT_ENGINE
 ) -> Iterator[tuple[LocalModel, envs.ModelEnvironment]]:
     """The model (downloaded while in use, if remote) and the environment that runs it."""
     with open_model(model_uri) as resolved:
         model = load_local_model(resolved)
-        yield model, envs.prepare_environment(model, env_manager, _say)
+        yield model, envs.prepare_environment(model, env_manager, _say, engine)
 
 
 _HOST_ENV_MANAGER = click.option(
@@ -226,16 +237,22 @@ _HOST_ENV_MANAGER = click.option(
     help="Seconds a request may take before it is answered 504.",
 )
 @_HOST_ENV_MANAGER
+@_ENGINE_OPTION
 @_reports_errors
 def serve(
-    model_uri: str, port: int, host: str, workers: int | None, timeout: int, env_manager: str
+    model_uri: str,
+    port: int,
+    host: str,
+    workers: int | None,
+    timeout: int,
+    env_manager: str,
+    engine: str,
 ) -> None:
     """Serve MODEL on this machine with the same server as the images."""
     host_runtime.check_port_free(host, port)
-    with _model_environment(model_uri, env_manager) as (model, env):
-        _say(f"serving {model_uri} on http://{host}:{port} (Ctrl-C stops it)")
-        engine = serving_engine(DEFAULT_ENGINE)
-        host_runtime.serve(engine, env, model.path, host, port, workers, timeout)
+    with _model_environment(model_uri, env_manager, engine) as (model, env):
+        _say(f"serving {model_uri} with {engine} on http://{host}:{port} (Ctrl-C stops it)")
+        host_runtime.serve(serving_engine(engine), env, model.path, host, port, workers, timeout)
 
 
 @cli.command("predict")

@@ -18,6 +18,7 @@ from packaging.requirements import Requirement
 
 from mlimg.errors import InvalidOption
 from mlimg.model import LocalModel
+from mlimg_runtime import contract
 
 MLFLOW_DISTRIBUTIONS = frozenset({"mlflow", "mlflow-skinny"})
 
@@ -32,6 +33,12 @@ class ServingEngine:
     import_check: str  # a cached environment must run this before it is reused
     no_deps_file: str | None = None  # in mlimg_runtime: packages installed without dependencies
     ports: tuple[tuple[str, int], ...] = ()  # what it listens on beside the contract's port
+    python_below: tuple[int, int] | None = None  # the first Python minor it does not run on
+    # False: its requirements go in under a constraint of everything the model's environment
+    # installed, so they never move a package. True: they are resolved together with the
+    # model's own requirements, which still hold, but a package the model does not name may
+    # move (MLServer pins protobuf below the version mlflow-skinny brings on its own).
+    resolved_with_model: bool = False
 
     @property
     def entrypoint(self) -> tuple[str, ...]:
@@ -51,6 +58,16 @@ class ServingEngine:
             requirements.append(Requirement(f"mlflow-skinny{pin}"))
         return requirements
 
+    def check_python(self, model: LocalModel) -> None:
+        """Refuse a model saved with a Python the engine does not run on."""
+        minor = tuple(int(part) for part in model.python_minor.split("."))
+        if self.python_below is not None and minor >= self.python_below:
+            below = ".".join(map(str, self.python_below))
+            raise InvalidOption(
+                f"the {self.name} engine runs on Python below {below}, and the model was saved "
+                f"with Python {model.python_version}: use --engine {DEFAULT_ENGINE}"
+            )
+
     def no_deps_requirements(self) -> list[Requirement]:
         """Packages installed after the others, without the dependencies they declare."""
         if self.no_deps_file is None:
@@ -68,7 +85,19 @@ MLIMG = ServingEngine(
     # cache is found before reuse, not at start-up.
     import_check="import mlflow.pyfunc, mlimg_runtime.server, mlimg_runtime.batch",
 )
-ENGINES = {engine.name: engine for engine in (MLIMG,)}
+MLSERVER = ServingEngine(
+    name="mlserver",
+    summary="MLServer 1.7.1 with mlimg's MLflow runtime (V2 protocol, gRPC, metrics)",
+    module="mlimg_runtime.mlserver_engine",
+    requirements_file="requirements-mlserver.txt",
+    no_deps_file="requirements-mlserver-no-deps.txt",
+    host_modules=("mlserver", "mlserver_mlflow", "mlflow"),
+    import_check="import mlflow.pyfunc, mlserver, mlserver_mlflow, mlimg_runtime.mlserver_engine",
+    ports=(("grpc", contract.MLSERVER_GRPC_PORT), ("metrics", contract.MLSERVER_METRICS_PORT)),
+    python_below=(3, 13),  # mlserver 1.7.1 declares Python <3.13
+    resolved_with_model=True,
+)
+ENGINES = {engine.name: engine for engine in (MLIMG, MLSERVER)}
 DEFAULT_ENGINE = MLIMG.name
 
 

@@ -33,6 +33,7 @@ class RuntimeInstall:
 
     requirements: tuple[Requirement, ...]  # installed under a constraint of the model's
     no_deps: tuple[Requirement, ...] = ()  # then these, without their dependencies
+    resolved_with_model: bool = False  # see engines.ServingEngine
 
 
 # (model, environment directory, what the engine adds, a scratch directory) -> None
@@ -66,7 +67,7 @@ def _create_uv(model: LocalModel, path: Path, runtime: RuntimeInstall, work: Pat
     python = ["--python", str(python_in(path))]
     requirements = _write_lines(work / "requirements.txt", model.requirements)
     _run([*pip, "install", *python, "-r", str(requirements)], env)
-    _install_runtime(pip, python, runtime, work, env)
+    _install_runtime(model, pip, python, runtime, work, env)
 
 
 def _create_virtualenv(model: LocalModel, path: Path, runtime: RuntimeInstall, work: Path) -> None:
@@ -84,7 +85,7 @@ def _create_virtualenv(model: LocalModel, path: Path, runtime: RuntimeInstall, w
         _run([*pip, "install", "-r", str(build)])
     requirements = _write_lines(work / "requirements.txt", model.requirements)
     _run([*pip, "install", "-r", str(requirements)])
-    _install_runtime(pip, [], runtime, work)
+    _install_runtime(model, pip, [], runtime, work)
 
 
 def _create_conda(model: LocalModel, path: Path, runtime: RuntimeInstall, work: Path) -> None:
@@ -104,22 +105,29 @@ def _create_conda(model: LocalModel, path: Path, runtime: RuntimeInstall, work: 
     spec = work / "conda.yaml"
     spec.write_text(yaml.safe_dump(conda_environment(model), sort_keys=False))
     _run([tool, "create", "--yes", "--prefix", str(path), "--file", str(spec)])
-    _install_runtime(_pip(path), [], runtime, work)
+    _install_runtime(model, _pip(path), [], runtime, work)
 
 
 def _install_runtime(
+    model: LocalModel,
     pip: list[str],
     target: list[str],
     runtime: RuntimeInstall,
     work: Path,
     env: dict[str, str] | None = None,
 ) -> None:
-    """The engine's requirements under a constraint of everything the model's installed, then
-    its no-dependency packages: the host's version of the templates' `install_runtime`."""
-    constraints = work / "model-constraints.txt"
-    constraints.write_text(_run([*pip, "list", *target, "--format=freeze"], env, capture=True))
+    """The engine's requirements under a constraint of everything the model's installed (or
+    resolved with the model's requirements), then its no-dependency packages: the host's
+    version of the templates' `install_runtime`."""
     requirements = _write_lines(work / "runtime-requirements.txt", runtime.requirements)
-    _run([*pip, "install", *target, "-c", str(constraints), "-r", str(requirements)], env)
+    if runtime.resolved_with_model:
+        own = _write_lines(work / "model-requirements.txt", model.requirements)
+        _run([*pip, "install", *target, "-r", str(own), "-r", str(requirements)], env)
+    else:
+        constraints = work / "model-constraints.txt"
+        listed = _run([*pip, "list", *target, "--format=freeze"], env, capture=True)
+        constraints.write_text(listed)
+        _run([*pip, "install", *target, "-c", str(constraints), "-r", str(requirements)], env)
     if runtime.no_deps:
         no_deps = _write_lines(work / "runtime-no-deps.txt", runtime.no_deps)
         _run([*pip, "install", *target, "--no-deps", "-r", str(no_deps)], env)

@@ -59,6 +59,7 @@ def prepare_environment(
 ) -> ModelEnvironment:
     manager = env_manager(env_manager_name)
     engine = serving_engine(engine_name)
+    engine.check_python(model)
     if manager.create is None:
         return _local_environment(engine)
     key = environment_key(model, manager.name, engine)
@@ -87,7 +88,9 @@ def prepare_environment(
             f"{len(model.requirements)} requirements in {path}"
         )
         runtime = RuntimeInstall(
-            tuple(engine.requirements(model)), tuple(engine.no_deps_requirements())
+            tuple(engine.requirements(model)),
+            tuple(engine.no_deps_requirements()),
+            engine.resolved_with_model,
         )
         work = Path(tempfile.mkdtemp(prefix="mlimg-env-"))
         try:

@@ -80,6 +80,7 @@ class BuildPlan:
 def plan_build(model: LocalModel, options: BuildOptions) -> BuildPlan:
     manager = env_manager(options.env_manager)
     engine = serving_engine(options.engine)
+    engine.check_python(model)
     if options.ca_cert is not None:
         check_ca_bundle(options.ca_cert)
     for option, url in (
@@ -101,7 +102,7 @@ def plan_build(model: LocalModel, options: BuildOptions) -> BuildPlan:
         requirements=tuple(requirements),
         runtime_requirements=tuple(runtime),
         runtime_no_deps=tuple(engine.no_deps_requirements()),
-        labels=image_labels(model, options.env_manager, base_image, requirements),
+        labels=image_labels(model, options.env_manager, base_image, requirements, engine.name),
         ca_cert=options.ca_cert,
         pip_index_url=options.pip_index_url,
         pip_extra_index_url=options.pip_extra_index_url,
@@ -157,6 +158,7 @@ def image_labels(
     env_manager: str,
     base_image: str,
     requirements: list[ModelRequirement],
+    engine: str = DEFAULT_ENGINE,
 ) -> dict[str, str]:
     labels = {
         "org.opencontainers.image.title": model.name,
@@ -175,6 +177,7 @@ def image_labels(
         "mlimg.model.mlflow-version": model.mlflow_version or "",
         "mlimg.python-version": model.python_version,
         "mlimg.env-manager": env_manager,
+        "mlimg.engine": engine,
         "mlimg.mlflow-package": mlflow_package(requirements) or "",
     }
     return {key: value for key, value in labels.items() if value}

@@ -74,6 +74,8 @@ def render_dockerfile(plan: BuildPlan) -> str:
         entrypoint=json.dumps(engine.entrypoint),
         healthcheck=json.dumps(engine.healthcheck),
         runtime_no_deps=bool(plan.runtime_no_deps),
+        runtime_joint=engine.resolved_with_model,
+        exposed_ports=" ".join(str(p) for p in (contract.PORT, *dict(engine.ports).values())),
         contract=_CONTRACT,
         contract_env=" ".join(
             f"{name}={value}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ class ServerConfig:
     max_batch_rows: int = default("max_batch_rows")
     batch_wait_ms: float = default("batch_wait_ms")
     log_flush_ms: float = default("log_flush_ms")
+    model_name: str = default("model_name")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> ServerConfig:
@@ -136,3 +138,22 @@ def _cgroup_quota(root: Path) -> int | None:
         return max(1, -(-quota // period)) if quota > 0 else None
     except (OSError, ValueError):
         return None
+
+
+TEMP_CANDIDATES = ("/tmp", "/var/tmp", "/dev/shm")
+
+
+def writable_temp_dir(candidates: tuple[str, ...] = TEMP_CANDIDATES) -> str | None:
+    """The first directory a temporary file can be made in: $TMPDIR, then `candidates`.
+
+    With a read-only root filesystem (`docker run --read-only`, Kubernetes'
+    readOnlyRootFilesystem) /tmp is not writable, but /dev/shm, a tmpfs in every container,
+    still is: the image then runs with no extra flag.
+    """
+    for directory in filter(None, (os.environ.get("TMPDIR"), *candidates)):
+        try:
+            with tempfile.TemporaryFile(dir=directory):
+                return directory
+        except OSError:
+            continue
+    return None

@@ -17,6 +17,9 @@ USER_ID = 10001  # the image's user and group: not root, and no name needed to r
 USER_NAME = "mlimg"
 HOME = "/home/mlimg"
 RUNTIME_PATH = "/opt/mlimg"  # where the image keeps mlimg_runtime (on PYTHONPATH)
+# The MLServer engine's ports beside PORT (its HTTP port): gRPC, and Prometheus metrics.
+MLSERVER_GRPC_PORT = 8081
+MLSERVER_METRICS_PORT = 8082
 
 
 @dataclass(frozen=True)
@@ -187,6 +190,13 @@ SETTINGS = (
         default_text="off",
     ),
     Setting("MLIMG_MODEL_PATH", "model_path", "text", MODEL_PATH, "where the model is"),
+    Setting(
+        "MLIMG_MODEL_NAME",
+        "model_name",
+        "text",
+        "model",
+        "the model's name in the V2 protocol's paths (`/v2/models/NAME/infer`; MLServer engine)",
+    ),
 )
 _BY_FIELD = {setting.field: setting for setting in SETTINGS}
 TRUE_WORDS = ("1", "true", "yes", "on")

@@ -22,7 +22,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
 from mlimg_runtime.app import create_app
-from mlimg_runtime.config import ServerConfig
+from mlimg_runtime.config import TEMP_CANDIDATES, ServerConfig, writable_temp_dir
 from mlimg_runtime.front import Limits
 from mlimg_runtime.logs import access_logger_class, configure_logging
 from mlimg_runtime.model import ServedModel, load_model
@@ -204,25 +204,6 @@ def gunicorn_options(
         "control_socket_disable": True,
         "worker_tmp_dir": temp_dir,  # each worker's heartbeat file
     }
-
-
-TEMP_CANDIDATES = ("/tmp", "/var/tmp", "/dev/shm")
-
-
-def writable_temp_dir(candidates: tuple[str, ...] = TEMP_CANDIDATES) -> str | None:
-    """The first directory a temporary file can be made in: $TMPDIR, then `candidates`.
-
-    With a read-only root filesystem (`docker run --read-only`, Kubernetes'
-    readOnlyRootFilesystem) /tmp is not writable, but /dev/shm, a tmpfs in every container,
-    still is: the image then runs with no extra flag.
-    """
-    for directory in filter(None, (os.environ.get("TMPDIR"), *candidates)):
-        try:
-            with tempfile.TemporaryFile(dir=directory):
-                return directory
-        except OSError:
-            continue
-    return None
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import pytest
 from gunicorn.config import Config
 
 from mlimg_runtime.app import create_app
-from mlimg_runtime.config import ServerConfig
+from mlimg_runtime.config import ServerConfig, writable_temp_dir
 from mlimg_runtime.model import ServedModel
 from mlimg_runtime.server import (
     GUNICORN_RANGE,
@@ -23,7 +23,6 @@ from mlimg_runtime.server import (
     _ModelLoader,
     check_settings,
     gunicorn_options,
-    writable_temp_dir,
 )
 
 

@@ -1,0 +1,303 @@
+"""The MLServer serving engine: MLServer 1.7 serving the model, with the image contract kept.
+
+    python -m mlimg_runtime.mlserver_engine
+
+MLServer brings the V2 (Open Inference) protocol on 8080 (`/v2/models/NAME/infer`, health,
+metadata from the signature), gRPC on 8081 and Prometheus metrics on 8082, parallel inference
+workers and adaptive batching of V2 requests. mlimg keeps its contract on top of it:
+
+- The contract's settings (`contract.SETTINGS`) are read here and mapped onto MLServer's own
+  (`mlserver_settings`); MLSERVER_* variables the mapping does not set still reach MLServer.
+- `/ping`, `/health`, `/version` and `/invocations` are routes of the HTTP app from the start,
+  ahead of MLServer's own: 503 while the model loads (MLServer registers a model's routes only
+  once it has loaded, 404 before), the JSON error shape for every failure.
+- `/invocations` is answered by `scoring.Scorer`, mlimg's decoding, batching (adaptive, per
+  worker, as in mlimg's own server) and error sorting, in the inference worker that holds the
+  model: the main process reads the body under its limit and hands it over.
+- V2 inference uses mlserver-mlflow's codecs and metadata, with mlimg's error sorting: input
+  the model refuses with ValueError or TypeError is 400, anything else 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from importlib import metadata as distributions
+from typing import Any, Optional
+
+from mlimg_runtime import __version__, contract
+from mlimg_runtime.config import TEMP_CANDIDATES, ServerConfig, writable_temp_dir
+from mlimg_runtime.errors import BadRequest, ModelLoading, PayloadTooLarge, ScoringError
+from mlimg_runtime.model import ServedModel, load_model
+from mlimg_runtime.model import predict as predict_sorted
+from mlimg_runtime.scoring import BODY_TOO_LARGE, Scorer, error_body
+
+log = logging.getLogger("mlimg_runtime")
+
+GRPC_PORT = contract.MLSERVER_GRPC_PORT
+METRICS_PORT = contract.MLSERVER_METRICS_PORT
+_JSON = "application/json"
+_METHODS = {"/ping": "GET", "/health": "GET", "/version": "GET", "/invocations": "POST"}
+_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+_NOT_FOUND = "no such endpoint: use /invocations, /ping, /health, /version or the V2 protocol"
+
+
+def mlserver_settings(config: ServerConfig, work_dir: str) -> dict[str, Any]:
+    """MLServer's server settings from the contract's (which of them MLServer honours is in
+    the README's table of engines)."""
+    return {
+        "host": config.host,
+        "http_port": config.port,
+        "grpc_port": GRPC_PORT,
+        "metrics_port": METRICS_PORT,
+        "parallel_workers": config.workers,
+        # MLServer writes its metrics and unpacked environments here; with a read-only root
+        # filesystem and a user that owns nothing, only a temporary directory is writable.
+        "metrics_dir": os.path.join(work_dir, "metrics"),
+        "environments_dir": os.path.join(work_dir, "environments"),
+        "load_models_at_startup": False,  # the one model is named below, not searched for
+        "debug": False,
+    }
+
+
+def model_settings(config: ServerConfig) -> dict[str, Any]:
+    """The model's settings: its name in the V2 paths, where it is, and V2 adaptive batching
+    from the contract's batching settings."""
+    batching = config.batching != "off"
+    return {
+        "name": config.model_name,
+        "implementation": f"{__name__}.MlimgModel",
+        "parameters": {"uri": config.model_path},
+        "max_batch_size": config.max_batch_rows if batching else 1,
+        "max_batch_time": config.batch_wait_ms / 1000 if batching else 0,
+    }
+
+
+def _model_class() -> Any:
+    """The MLServer model class, defined once mlserver can be imported."""
+    from mlserver.codecs import NumpyCodec
+    from mlserver.errors import InferenceError, MLServerError
+    from mlserver.handlers import custom_handler
+    from mlserver_mlflow import MLflowRuntime
+    from mlserver_mlflow.codecs import TensorDictCodec
+
+    class MlimgModel(MLflowRuntime):
+        """mlserver-mlflow's runtime with mlimg's loading, /invocations and error sorting."""
+
+        async def load(self) -> bool:
+            model, mlflow_version = load_model(self._settings.parameters.uri)
+            self._model = model
+            self._input_schema = model.metadata.get_input_schema()
+            self._signature = model.metadata.signature
+            self._sync_metadata()  # V2 metadata from the signature, as upstream
+            self._config = ServerConfig.from_env()
+            served = ServedModel()
+            served.set(model, mlflow_version)
+            self._scorer = Scorer(served, self._config)
+            self._threads = concurrent.futures.ThreadPoolExecutor(
+                max_workers=self._config.threads, thread_name_prefix="invocations"
+            )
+            return True
+
+        @custom_handler(rest_path="/invocations", rest_method="POST")
+        async def invocations(
+            self,
+            content_type: Optional[str],  # noqa: UP045 (FastAPI evaluates it, on Python 3.9 too)
+            body: bytes,
+            arrived: float,
+        ) -> Any:
+            """Reached through the main process's /invocations route (the route MLServer
+            registers for it is shadowed), in the worker that holds the model. Each request
+            runs in a thread, so that the batcher can gather concurrent ones."""
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                self._threads, self._scorer.answer, content_type, body, arrived
+            )
+
+        async def predict(self, payload: Any) -> Any:
+            decoded = self.decode_request(payload)
+            params = None
+            if payload.parameters is not None and payload.parameters.model_extra:
+                params = payload.parameters.model_extra
+            loop = asyncio.get_running_loop()
+            try:
+                output = await loop.run_in_executor(
+                    self._threads,
+                    predict_sorted,
+                    self._model,
+                    decoded,
+                    params or {},
+                    self._config.include_traceback,
+                )
+            except BadRequest as exc:
+                raise InferenceError(exc.message) from None
+            except ScoringError as exc:
+                raise MLServerError(exc.message, status_code=exc.status) from None
+            if hasattr(output, "to_numpy") and getattr(output, "ndim", 0) == 1:
+                # A pandas Series (a pyfunc's usual answer) has no V2 codec of its own.
+                return self.encode_response(output.to_numpy(), default_codec=NumpyCodec)
+            return self.encode_response(output, default_codec=TensorDictCodec)
+
+    MlimgModel.__module__ = __name__
+    MlimgModel.__qualname__ = "MlimgModel"
+    return MlimgModel
+
+
+def __getattr__(name: str) -> Any:
+    # MLServer names the implementation by its import path (the inference workers import it
+    # again); the class needs mlserver, which the default engine's images do not have.
+    if name == "MlimgModel":
+        value = _model_class()
+        globals()[name] = value
+        return value
+    raise AttributeError(name)
+
+
+class ContractRoutes:
+    """/ping, /health, /version and /invocations on MLServer's HTTP app, from the start."""
+
+    def __init__(self, server: Any, config: ServerConfig) -> None:
+        self.registry = server._model_registry
+        self.config = config
+        self.mlflow_version = _mlflow_version()
+
+    def install(self, app: Any) -> None:
+        from starlette.exceptions import HTTPException
+        from starlette.routing import Route
+
+        # First in the list, so that they answer before MLServer's routes of the same paths.
+        app.router.routes[0:0] = [
+            Route(path, self.answer, methods=_ALL_METHODS) for path in _METHODS
+        ]
+        app.exception_handlers[HTTPException] = self.http_error
+
+    async def answer(self, request: Any) -> Any:
+        from starlette.responses import Response
+
+        path = request.url.path
+        arrived = time.monotonic()
+        if request.method != _METHODS[path]:
+            message = f"method not allowed: {path} takes {_METHODS[path]}"
+            return self._error(405, message, {"Allow": _METHODS[path]})
+        if path == "/version":
+            body = {"mlflow_version": self.mlflow_version, "mlimg_version": __version__}
+            return Response(json.dumps(body), media_type=_JSON)
+        model = await self._ready_model()
+        if model is None:
+            return self._error(503, ModelLoading("the model is still loading").message)
+        if path != "/invocations":
+            return Response("\n", media_type=_JSON)
+        try:
+            body = await _read_body(request, self.config.max_request_bytes)
+        except ScoringError as error:
+            return self._error(error.status, error.message)
+        content_type = request.headers.get("content-type")
+        status, answer = await model.invocations(content_type, body, arrived)
+        return Response(answer, status_code=status, media_type=_JSON)
+
+    async def http_error(self, request: Any, exc: Any) -> Any:
+        """Starlette's own 404 and 405 (a path no route has), in the JSON error shape."""
+        status = exc.status_code
+        return self._error(status, _NOT_FOUND if status == 404 else str(exc.detail))
+
+    async def _ready_model(self) -> Any:
+        try:
+            model = await self.registry.get_model(self.config.model_name)
+        except Exception:  # not registered yet (MLServer raises ModelNotFound)
+            return None
+        return model if model.ready else None
+
+    def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> Any:
+        from starlette.responses import Response
+
+        body = error_body(status, message, self.config)
+        return Response(body, status_code=status, media_type=_JSON, headers=headers)
+
+
+async def _read_body(request: Any, limit: int) -> bytes:
+    """The body, at most `limit` bytes: 413 as soon as Content-Length or the bytes say more."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        try:
+            if int(length) > limit:
+                raise PayloadTooLarge(BODY_TOO_LARGE)
+        except ValueError:
+            raise BadRequest(f"Content-Length is not a number: {length[:40]!r}") from None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(BODY_TOO_LARGE)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _mlflow_version() -> str | None:
+    for name in ("mlflow", "mlflow-skinny"):
+        try:
+            return distributions.version(name)
+        except distributions.PackageNotFoundError:
+            continue
+    return None
+
+
+async def _serve(config: ServerConfig, work_dir: str) -> bool:
+    """Run MLServer until it stops; whether the model had loaded."""
+    from mlserver import MLServer
+    from mlserver.settings import ModelSettings, Settings
+
+    server = MLServer(Settings(**mlserver_settings(config, work_dir)))
+    routes = ContractRoutes(server, config)
+    routes.install(server._rest_server._app)  # mlserver 1.7's HTTP app (pinned)
+    await server.start([ModelSettings(**model_settings(config))])
+    return await routes._ready_model() is not None
+
+
+def main() -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s [mlimg] %(levelname)s - %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        config = ServerConfig.from_env()
+    except ValueError as exc:
+        log.error("bad configuration: %s", exc)
+        sys.exit(2)
+    temp_dir = writable_temp_dir()
+    if temp_dir is None:
+        log.error(
+            "no writable temporary directory (TMPDIR, %s): mount a tmpfs at /tmp",
+            ", ".join(TEMP_CANDIDATES),
+        )
+        sys.exit(1)
+    tempfile.tempdir = temp_dir
+    os.environ["TMPDIR"] = temp_dir
+    work_dir = tempfile.mkdtemp(prefix="mlserver-")
+    from mlserver.utils import install_uvloop_event_loop
+
+    install_uvloop_event_loop()
+    log.info(
+        "serving %s with MLServer on %s:%d (gRPC %d, metrics %d), %d worker(s)",
+        config.model_path,
+        config.host,
+        config.port,
+        GRPC_PORT,
+        METRICS_PORT,
+        config.workers,
+    )
+    loaded = asyncio.run(_serve(config, work_dir))
+    if not loaded:
+        log.error("the model at %s did not load (MLServer's log above says why)", config.model_path)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
