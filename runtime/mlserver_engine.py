@@ -25,6 +25,7 @@ import concurrent.futures
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -84,8 +85,15 @@ def _model_class() -> Any:
     from mlserver.codecs import NumpyCodec
     from mlserver.errors import InferenceError, MLServerError
     from mlserver.handlers import custom_handler
+    from mlserver.settings import ModelParameters
     from mlserver_mlflow import MLflowRuntime
     from mlserver_mlflow.codecs import TensorDictCodec
+    from mlserver_mlflow.metadata import (
+        DefaultInputPrefix,
+        DefaultOutputPrefix,
+        to_metadata_tensors,
+        to_model_content_type,
+    )
 
     class MlimgModel(MLflowRuntime):
         """mlserver-mlflow's runtime with mlimg's loading, /invocations and error sorting."""
@@ -95,7 +103,7 @@ def _model_class() -> Any:
             self._model = model
             self._input_schema = model.metadata.get_input_schema()
             self._signature = model.metadata.signature
-            self._sync_metadata()  # V2 metadata from the signature, as upstream
+            self._v2_metadata(model.metadata.signature)
             self._config = ServerConfig.from_env()
             served = ServedModel()
             served.set(model, mlflow_version)
@@ -104,6 +112,19 @@ def _model_class() -> Any:
                 max_workers=self._config.threads, thread_name_prefix="invocations"
             )
             return True
+
+        def _v2_metadata(self, signature: Any) -> None:
+            """The V2 metadata from the signature, as upstream's `_sync_metadata` makes it,
+            for signatures without an output schema too (upstream fails to load those)."""
+            if signature is None:
+                return
+            if signature.inputs is not None:
+                self.inputs = to_metadata_tensors(signature.inputs, prefix=DefaultInputPrefix)
+                if self._settings.parameters is None:
+                    self._settings.parameters = ModelParameters()
+                self._settings.parameters.content_type = to_model_content_type(signature.inputs)
+            if signature.outputs is not None:
+                self.outputs = to_metadata_tensors(signature.outputs, prefix=DefaultOutputPrefix)
 
         @custom_handler(rest_path="/invocations", rest_method="POST")
         async def invocations(
@@ -248,12 +269,34 @@ def _mlflow_version() -> str | None:
     return None
 
 
+def _stop_gracefully(server: Any, graceful_timeout: float) -> None:
+    """SIGTERM (and SIGINT, SIGQUIT) stop the HTTP server first and let the requests in flight
+    finish, for up to MLIMG_GRACEFUL_TIMEOUT, before MLServer stops its inference workers.
+    MLServer's own handlers stop the workers first, and a request in flight was answered 500
+    (CancelledError)."""
+    loop = asyncio.get_running_loop()
+
+    async def stop(signum: int) -> None:
+        http = getattr(server._rest_server, "_server", None)  # uvicorn's, once started
+        if http is not None:
+            http.should_exit = True  # no new connections; requests in flight go on
+            deadline = loop.time() + graceful_timeout
+            state = http.server_state
+            while (state.connections or state.tasks) and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+        await server.stop(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+        loop.add_signal_handler(signum, lambda s=signum: asyncio.ensure_future(stop(s)))
+
+
 async def _serve(config: ServerConfig, work_dir: str) -> bool:
     """Run MLServer until it stops; whether the model had loaded."""
     from mlserver import MLServer
     from mlserver.settings import ModelSettings, Settings
 
     server = MLServer(Settings(**mlserver_settings(config, work_dir)))
+    _stop_gracefully(server, config.graceful_timeout)
     routes = ContractRoutes(server, config)
     routes.install(server._rest_server._app)  # mlserver 1.7's HTTP app (pinned)
     await server.start([ModelSettings(**model_settings(config))])

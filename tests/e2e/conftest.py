@@ -61,13 +61,11 @@ def build(model: Path, tag: str, ca_cert: Path, *extra: str) -> subprocess.Compl
 
 @contextmanager
 def serving(client, image: str, timeout: float = 120.0, **run_options) -> Iterator[str]:
-    """Run `image` with its port on 127.0.0.1, yield its base URL once /ping answers."""
+    """Run `image` with its port (and any other in `ports`) on 127.0.0.1, yield its base URL
+    once /ping answers."""
+    ports = {"8080/tcp": ("127.0.0.1", None), **run_options.pop("ports", {})}
     container = client.containers.run(
-        image,
-        detach=True,
-        ports={"8080/tcp": ("127.0.0.1", None)},
-        labels={"mlimg.e2e": "true"},
-        **run_options,
+        image, detach=True, ports=ports, labels={"mlimg.e2e": "true"}, **run_options
     )
     try:
         deadline = time.monotonic() + timeout
@@ -115,3 +113,34 @@ def iris_image(docker_client, sklearn_model: Path, ca_cert: Path) -> str:
     assert "/ping answered 200" in result.stderr
     assert "/invocations answered 200 with predictions" in result.stderr
     return IRIS_TAG
+
+
+MLSERVER_IRIS_TAG = "mlimg-test/iris-mlserver:e2e"
+# The conformance suite's models whose MLServer-engine images the tests serve.
+MLSERVER_PROTOCOL_MODELS = (
+    "typed", "binary", "datetime", "chat", "qa", "tensor", "vector", "words", "broken", "slow",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def mlserver_iris_image(docker_client, sklearn_model: Path, ca_cert: Path) -> str:
+    """The iris model's image with the MLServer engine, built once."""
+    result = build(sklearn_model, MLSERVER_IRIS_TAG, ca_cert, "--engine", "mlserver")
+    assert result.returncode == 0, result.stderr
+    assert "/invocations answered 200 with predictions" in result.stderr
+    return MLSERVER_IRIS_TAG
+
+
+@pytest.fixture(scope="session")
+def mlserver_protocol_images(
+    docker_client, protocol_models: dict, mlserver_iris_image: str, ca_cert: Path
+) -> dict:
+    """The conformance models' images with the MLServer engine, by model name. They share the
+    dependency layers of the iris image: each build runs the model's own steps only."""
+    images = {"sklearn": mlserver_iris_image}
+    for name in MLSERVER_PROTOCOL_MODELS:
+        tag = f"mlimg-test/proto-{name}-mlserver:e2e"
+        result = build(protocol_models[name], tag, ca_cert, "--engine", "mlserver")
+        assert result.returncode == 0, result.stderr
+        images[name] = tag
+    return images

@@ -27,7 +27,7 @@ def tag_of(name: str) -> str:
     return f"mlimg-test/proto-{name}:e2e"
 
 
-def request(
+def exchange(
     url: str, body: bytes | None = None, content_type: str | None = None, timeout: float = 30
 ) -> tuple[int, object]:
     """One HTTP exchange with exactly the headers given (urllib would add a Content-Type)."""
@@ -51,21 +51,28 @@ def protocol_images(docker_client, protocol_models: dict, ca_cert: Path) -> dict
     return {name: tag_of(name) for name in protocol_models}
 
 
+@pytest.mark.parametrize("engine", ["mlimg", "mlserver"])
 @pytest.mark.parametrize("model", sorted(CASES_BY_MODEL))
 def test_conformance_against_the_image(
-    docker_client, protocol_images: dict, loaded_models: dict, model: str
+    request: pytest.FixtureRequest, loaded_models: dict, model: str, engine: str
 ) -> None:
-    with serving(docker_client, protocol_images[model]) as url:
+    """The whole suite against each engine's image of each model: the same answers."""
+    fixture = "protocol_images" if engine == "mlimg" else "mlserver_protocol_images"
+    images = request.getfixturevalue(fixture)
+    docker_client = request.getfixturevalue("docker_client")
+    with serving(docker_client, images[model]) as url:
         for case in CASES_BY_MODEL[model]:
-            status, answer = request(f"{url}/invocations", case.body, case.content_type)
+            status, answer = exchange(f"{url}/invocations", case.body, case.content_type)
             if case.id == "parquet":  # the image has mlflow-skinny, so no pyarrow: a clear 415
                 assert status == 415 and "--full-mlflow" in answer["message"], answer
                 continue
             check_answer(case, loaded_models[model], status, answer)
-        status, answer = request(f"{url}/version")
+        status, answer = exchange(f"{url}/version")
         assert status == 200 and answer["mlflow_version"] == "3.17.2"
-        status, answer = request(f"{url}/invocations")
+        status, answer = exchange(f"{url}/invocations")
         assert status == 405 and answer["error_code"] == "BAD_REQUEST"
+        status, answer = exchange(f"{url}/no-such-path")
+        assert status == 404 and answer["error_code"] == "ENDPOINT_NOT_FOUND", answer
 
 
 def running(docker_client, image: str, **options):
@@ -96,7 +103,7 @@ def test_ping_is_503_while_loading_then_200(docker_client, protocol_images: dict
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and 200 not in seen:
             with contextlib.suppress(OSError, ValueError):
-                seen.append(request(f"{url}/ping", timeout=2)[0])
+                seen.append(exchange(f"{url}/ping", timeout=2)[0])
             time.sleep(0.2)
         assert 503 in seen and seen[-1] == 200, seen
         assert seen.index(503) < seen.index(200)
@@ -108,9 +115,9 @@ def test_timeout_body_limit_and_json_logs(docker_client, protocol_images: dict) 
     env = {"MLIMG_TIMEOUT": "1", "MLIMG_MAX_REQUEST_BYTES": "2000", "MLIMG_LOG_FORMAT": "json"}
     with serving(docker_client, protocol_images["slow"], environment=env) as url:
         slow = json.dumps({"dataframe_records": [{"a": 1.0}], "params": {"seconds": 3}}).encode()
-        status, answer = request(f"{url}/invocations", slow, "application/json")
+        status, answer = exchange(f"{url}/invocations", slow, "application/json")
         assert status == 504 and answer["error_code"] == "DEADLINE_EXCEEDED"
-        status, answer = request(f"{url}/invocations", b"a\n" + b"1\n" * 2000, "text/csv")
+        status, answer = exchange(f"{url}/invocations", b"a\n" + b"1\n" * 2000, "text/csv")
         assert status == 413
         container = docker_client.containers.list(filters={"label": "mlimg.e2e"})[0]
         deadline = time.monotonic() + 10  # access lines are written in batches, 200 ms late
@@ -130,7 +137,7 @@ def test_sigterm_finishes_the_request_in_flight(docker_client, protocol_images: 
         answers = []
         body = json.dumps({"dataframe_records": [{"a": 1.0}], "params": {"seconds": 3}}).encode()
         client = threading.Thread(
-            target=lambda: answers.append(request(f"{url}/invocations", body, "application/json"))
+            target=lambda: answers.append(exchange(f"{url}/invocations", body, "application/json"))
         )
         client.start()
         time.sleep(1)
