@@ -64,6 +64,7 @@ class Setting:
     meaning: str
     default_text: str = ""
     choices: tuple[str, ...] = ()
+    mlserver: str = ""  # whether and how the MLServer engine honours it
 
     @property
     def shown_default(self) -> str:
@@ -75,8 +76,10 @@ class Setting:
 
 
 SETTINGS = (
-    Setting("PORT", "port", "int", PORT, "the port to listen on"),
-    Setting("MLIMG_HOST", "host", "text", "0.0.0.0", "the address to bind"),
+    Setting(
+        "PORT", "port", "int", PORT, "the port to listen on", mlserver="yes: MLServer's HTTP port"
+    ),
+    Setting("MLIMG_HOST", "host", "text", "0.0.0.0", "the address to bind", mlserver="yes"),
     Setting(
         "MLIMG_WORKERS",
         "workers",
@@ -84,6 +87,7 @@ SETTINGS = (
         None,
         "worker processes",
         default_text="CPUs the container may use (its cgroup quota, not the host's count)",
+        mlserver="yes: MLServer's parallel inference workers",
     ),
     Setting(
         "MLIMG_THREADS",
@@ -92,6 +96,7 @@ SETTINGS = (
         8,
         "threads per worker that decode and predict `/invocations` requests (also the most "
         "requests one worker batches together)",
+        mlserver="yes: threads per inference worker, for `/invocations` and V2",
     ),
     Setting(
         "MLIMG_BATCHING",
@@ -101,6 +106,7 @@ SETTINGS = (
         "`auto`: batch concurrent requests for row-wise flavors (sklearn, xgboost, lightgbm, "
         "catboost); `on`: for any model; `off`",
         choices=("auto", "on", "off"),
+        mlserver="yes for `/invocations`; `off` also turns V2 adaptive batching off",
     ),
     Setting(
         "MLIMG_MAX_BATCH_ROWS",
@@ -108,6 +114,7 @@ SETTINGS = (
         "int",
         64,
         "the most rows predicted in one call; a larger request is predicted alone",
+        mlserver="yes, and V2's `max_batch_size`",
     ),
     Setting(
         "MLIMG_BATCH_WAIT_MS",
@@ -116,6 +123,7 @@ SETTINGS = (
         5.0,
         "how long a batch may wait for more requests, while some are being decoded or fewer "
         "have come than in the last batch (a lone request never waits)",
+        mlserver="yes, and V2's `max_batch_time`",
     ),
     Setting(
         "MLIMG_TIMEOUT",
@@ -125,6 +133,7 @@ SETTINGS = (
         "seconds from a request's arrival (whole) to its answer, waiting for a thread and "
         "decoding included; then 504 (from the front end itself one second later, if the "
         "application is stuck in a decoder)",
+        mlserver="`/invocations` only",
     ),
     Setting(
         "MLIMG_READ_TIMEOUT",
@@ -132,6 +141,7 @@ SETTINGS = (
         "int",
         60,
         "seconds from a request's first byte to its last; then 408",
+        mlserver="no (uvicorn's HTTP layer)",
     ),
     Setting(
         "MLIMG_KEEPALIVE",
@@ -139,6 +149,7 @@ SETTINGS = (
         "int",
         5,
         "seconds a connection may stay open with no request under way (a new one included)",
+        mlserver="no (uvicorn's 5 s)",
     ),
     Setting(
         "MLIMG_MAX_REQUEST_BYTES",
@@ -147,6 +158,7 @@ SETTINGS = (
         None,
         "larger bodies are answered 413",
         default_text="100 MiB, or under a memory limit an eighth of each worker's share of it",
+        mlserver="yes, on every path (V2 included)",
     ),
     Setting(
         "MLIMG_MAX_DECODED_BYTES",
@@ -155,6 +167,7 @@ SETTINGS = (
         None,
         "what one request's input may take once decoded, estimated before decoding: past it, 413",
         default_text="1 GiB, or under a memory limit a quarter of each worker's share of it",
+        mlserver="`/invocations` only",
     ),
     Setting(
         "MLIMG_GRACEFUL_TIMEOUT",
@@ -162,6 +175,7 @@ SETTINGS = (
         "int",
         8,
         "seconds in-flight requests get to finish after SIGTERM",
+        mlserver="yes",
     ),
     Setting(
         "MLIMG_LOG_FORMAT",
@@ -170,6 +184,7 @@ SETTINGS = (
         "plain",
         "`json` for JSON lines (access lines carry method, path, status, latency_ms)",
         choices=("plain", "json"),
+        mlserver="no (MLServer's own format)",
     ),
     Setting(
         "MLIMG_LOG_FLUSH_MS",
@@ -180,6 +195,7 @@ SETTINGS = (
         "batches, as nginx's `access_log ... flush=` does (a write per request, and a wake-up "
         "of Docker's log reader: p50 at one connection was about 0.3 ms higher that way); `0` "
         "writes each at once. Other lines are never held",
+        mlserver="no (MLServer writes no access lines)",
     ),
     Setting(
         "MLIMG_INCLUDE_TRACEBACK",
@@ -188,14 +204,18 @@ SETTINGS = (
         False,
         "`1` adds `stack_trace` to 500 answers",
         default_text="off",
+        mlserver="`/invocations` only",
     ),
-    Setting("MLIMG_MODEL_PATH", "model_path", "text", MODEL_PATH, "where the model is"),
+    Setting(
+        "MLIMG_MODEL_PATH", "model_path", "text", MODEL_PATH, "where the model is", mlserver="yes"
+    ),
     Setting(
         "MLIMG_MODEL_NAME",
         "model_name",
         "text",
         "model",
         "the model's name in the V2 protocol's paths (`/v2/models/NAME/infer`; MLServer engine)",
+        mlserver="yes",
     ),
 )
 _BY_FIELD = {setting.field: setting for setting in SETTINGS}
@@ -228,8 +248,13 @@ def _text(value: object) -> str:
 
 def settings_table() -> str:
     """The README's table of settings, in Markdown."""
-    lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
-    lines += [f"| `{s.variable}` | {s.shown_default} | {s.meaning} |" for s in SETTINGS]
+    lines = [
+        "| variable | default | meaning | with `--engine mlserver` |",
+        "| --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| `{s.variable}` | {s.shown_default} | {s.meaning} | {s.mlserver} |" for s in SETTINGS
+    ]
     return "\n".join(lines) + "\n"
 
 

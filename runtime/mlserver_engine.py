@@ -197,6 +197,7 @@ class ContractRoutes:
             Route(path, self.answer, methods=_ALL_METHODS) for path in _METHODS
         ]
         app.exception_handlers[HTTPException] = self.http_error
+        app.add_middleware(BodyLimit, config=self.config)
 
     async def answer(self, request: Any) -> Any:
         from starlette.responses import Response
@@ -239,6 +240,51 @@ class ContractRoutes:
 
         body = error_body(status, message, self.config)
         return Response(body, status_code=status, media_type=_JSON, headers=headers)
+
+
+class BodyLimit:
+    """ASGI middleware: a body over MLIMG_MAX_REQUEST_BYTES is 413 on every path (MLServer's
+    V2 routes read whatever arrives): by its Content-Length before the app runs, or, sent in
+    chunks, as soon as the bytes pass the limit (such a body is read here, then handed on)."""
+
+    def __init__(self, app: Any, config: ServerConfig) -> None:
+        self.app = app
+        self.config = config
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = self.config.max_request_bytes
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        if length is not None:
+            if length.isdigit() and int(length) > limit:
+                return await self._refuse(send)
+            return await self.app(scope, receive, send)
+        if b"chunked" not in headers.get(b"transfer-encoding", b"").lower():
+            return await self.app(scope, receive, send)
+        messages = []
+        size = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            size += len(message.get("body", b""))
+            if size > limit:
+                return await self._refuse(send)
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+        replay = iter(messages)
+
+        async def replayed() -> dict:
+            return next(replay, None) or await receive()
+
+        return await self.app(scope, replayed, send)
+
+    async def _refuse(self, send: Any) -> None:
+        body = error_body(413, BODY_TOO_LARGE, self.config)
+        headers = [(b"content-type", _JSON.encode()), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
 
 async def _read_body(request: Any, limit: int) -> bytes:

@@ -29,3 +29,7 @@ def test_environment_names_the_contracts_variables() -> None:
     assert env == {"MLIMG_MODEL_PATH": "/m", "PORT": "9000", "MLIMG_INCLUDE_TRACEBACK": "1"}
     config = ServerConfig.from_env(env)
     assert (config.model_path, config.port, config.include_traceback) == ("/m", 9000, True)
+
+
+def test_every_setting_says_what_the_mlserver_engine_does_with_it() -> None:
+    assert all(setting.mlserver for setting in contract.SETTINGS)

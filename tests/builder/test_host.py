@@ -303,6 +303,15 @@ def test_serve_with_virtualenv(sklearn_model: Path, cache_dir: Path) -> None:
     assert "creating a virtualenv environment with Python 3.11" in output
 
 
+def test_serve_with_the_mlserver_engine(sklearn_model: Path, cache_dir: Path) -> None:
+    """The same command, the other engine: an environment of its own (MLServer beside the
+    model's requirements), the same answers on /invocations."""
+    output = serve_once(str(sklearn_model), cache_dir, None, "--engine", "mlserver")
+    assert "creating a uv environment with Python 3.11" in output
+    assert "with mlserver on http://127.0.0.1:" in output
+    assert "serving" in output and "with MLServer" in output
+
+
 def test_conda_without_a_conda_tool_is_named(sklearn_model: Path, tmp_path: Path) -> None:
     env = {**os.environ, "MLIMG_CACHE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
     result = subprocess.run(

@@ -185,6 +185,10 @@ def test_timeout_and_body_limit(docker_client, mlserver_protocol_images: dict) -
         assert status == 504 and answer["error_code"] == "DEADLINE_EXCEEDED", answer
         status, answer = exchange(f"{url}/invocations", b"a\n" + b"1\n" * 2000, "text/csv")
         assert status == 413 and answer["error_code"] == "BAD_REQUEST", answer
+        big = json.dumps({"inputs": [{"name": "a", "datatype": "FP64", "shape": [600, 1],
+                                      "data": [1.5] * 600}]}).encode()  # fmt: skip
+        status, answer = exchange(f"{url}/v2/models/model/infer", big, "application/json")
+        assert status == 413 and answer["error_code"] == "BAD_REQUEST", answer
 
 
 def test_sigterm_finishes_the_request_in_flight(
