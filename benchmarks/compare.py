@@ -10,6 +10,12 @@ memory. Rounds alternate which side goes first; the report compares medians. Any
 answer or socket error under load, or predictions that differ between the two images, fails
 the run. Writes results/latest.{md,json,png} beside this file.
 
+With the serving engines (on unless --no-engines), two more sides are measured in the same
+rounds: MLServer 1.7.1 as its documentation shows for an MLflow model (`pip install mlserver
+mlserver-mlflow`, a model-settings.json naming `mlserver_mlflow.MLflowRuntime`, `mlserver
+start`; uvloop held below 0.22, without which its workers die), and `mlimg build --engine
+mlserver`; both are also loaded on the V2 infer path.
+
 MLflow's image cannot be told to trust a proxy's CA, so its base is the same base image plus
 the CA bundle and PIP_CERT (built here, tagged python:<tag>-mlimg-bench-ca); mlimg gets the
 bundle through --ca-cert. MLflow's build has no --no-cache, so each round makes that base anew
@@ -42,6 +48,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SIDES = ("mlflow", "mlimg")
+UPSTREAM_MLSERVER = "mlserver"  # MLServer as its documentation builds an MLflow model
+MLIMG_MLSERVER = "mlimg-mlserver"  # mlimg build --engine mlserver
+ENGINE_SIDES = (UPSTREAM_MLSERVER, MLIMG_MLSERVER)
+V2_PATH = "/v2/models/model/infer"
+MLSERVER_VERSION = "1.7.1"
 MARKER_FILE = "benchmark-revision.txt"  # written into the model copy: a model-only change
 
 # (key, label, unit, better, target ratio mlimg/MLflow or None)
@@ -59,6 +70,35 @@ METRICS = (
     ("p99_c1_ms", "p99 latency, 1 connection", "ms", "lower", None),
     ("peak_memory_mb", "Container peak memory", "MB", "lower", None),
 )
+# The V2 infer path, for the MLServer sides.
+V2_METRICS = (
+    ("rps_v2_c16", "V2 infer throughput, 16 connections", "req/s", "higher", None),
+    ("p50_v2_c16_ms", "V2 infer p50, 16 connections", "ms", "lower", None),
+    ("p99_v2_c16_ms", "V2 infer p99, 16 connections", "ms", "lower", None),
+    ("rps_v2_c1", "V2 infer throughput, 1 connection", "req/s", "higher", None),
+    ("p50_v2_c1_ms", "V2 infer p50, 1 connection", "ms", "lower", None),
+    ("p99_v2_c1_ms", "V2 infer p99, 1 connection", "ms", "lower", None),
+)
+ALL_METRICS = METRICS + V2_METRICS
+# The engines table: (key, the side held to a goal, the side it is held against, goal ratio).
+ENGINE_GOALS = (
+    ("rps_c16", "mlimg", UPSTREAM_MLSERVER, 1.0),
+    ("p50_c16_ms", "mlimg", UPSTREAM_MLSERVER, 1.0),
+    ("rps_c1", "mlimg", UPSTREAM_MLSERVER, 1.0),
+    ("p50_c1_ms", "mlimg", UPSTREAM_MLSERVER, 1.0),
+    ("rps_c16", MLIMG_MLSERVER, UPSTREAM_MLSERVER, 1.0),
+    ("rps_c1", MLIMG_MLSERVER, UPSTREAM_MLSERVER, 1.0),
+    ("rps_v2_c16", MLIMG_MLSERVER, UPSTREAM_MLSERVER, 1.0),
+    ("rps_v2_c1", MLIMG_MLSERVER, UPSTREAM_MLSERVER, 1.0),
+    ("size_added_mb", MLIMG_MLSERVER, UPSTREAM_MLSERVER, 1.0),
+)
+SIDE_NAMES = {
+    "mlflow": "MLflow build-docker",
+    "mlimg": "mlimg",
+    UPSTREAM_MLSERVER: "MLServer (upstream)",
+    MLIMG_MLSERVER: "mlimg --engine mlserver",
+    "baseline": "baseline runtime",
+}
 
 
 # The serving figures measured for a baseline runtime too (--baseline-runtime REV): the same
@@ -127,10 +167,10 @@ def parse_wrk(output: str) -> LoadResult:
 
 def summarize(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
     """Per side and metric, the median over the rounds."""
-    sides = [side for side in (*SIDES, BASELINE) if any(side in r for r in rounds)]
+    sides = [side for side in (*SIDES, *ENGINE_SIDES, BASELINE) if any(side in r for r in rounds)]
     summary: dict[str, dict[str, float]] = {side: {} for side in sides}
     for side in sides:
-        for key, *_ in METRICS:
+        for key, *_ in ALL_METRICS:
             values = [r[side][key] for r in rounds if key in r.get(side, {})]
             if values:
                 summary[side][key] = statistics.median(values)
@@ -200,6 +240,43 @@ def baseline_table(summary: dict[str, dict[str, float]], revision: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def engines_table(summary: dict[str, dict[str, float]]) -> str:
+    """The serving engines side by side: MLServer as upstream builds it, mlimg's MLServer
+    engine and mlimg's own, on /invocations and on V2 infer, with the goals judged."""
+    sides = [side for side in (UPSTREAM_MLSERVER, MLIMG_MLSERVER, "mlimg") if side in summary]
+    if UPSTREAM_MLSERVER not in sides:
+        return ""
+    lines = [
+        "\nServing engines, same model, same base, same rounds (`/invocations` unless the row "
+        "says V2):",
+        "",
+        "| Measure | " + " | ".join(SIDE_NAMES[side] for side in sides) + " |",
+        "|---|" + "---:|" * len(sides),
+    ]
+    for key, label, unit, _, _ in ALL_METRICS:
+        values = [summary[side].get(key) for side in sides]
+        if key == "load_floor_s" or all(value is None for value in values):
+            continue
+        cells = [f"{_fmt(value)} {unit}" if value is not None else "n/a" for value in values]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "| Goal | ratio | verdict |", "|---|---:|---|"]
+    better = {key: way for key, _, _, way, _ in ALL_METRICS}
+    labels = {key: label for key, label, *_ in ALL_METRICS}
+    for key, side, against, goal in ENGINE_GOALS:
+        ours, theirs = summary.get(side, {}).get(key), summary.get(against, {}).get(key)
+        if ours is None or not theirs:
+            continue
+        ratio = ours / theirs
+        higher = better[key] == "higher"
+        met = ratio >= goal if higher else ratio <= goal
+        sign = "≥" if higher else "≤"
+        lines.append(
+            f"| {labels[key]}: {SIDE_NAMES[side]} / {SIDE_NAMES[against]} {sign} {goal:g}x "
+            f"| {ratio:.2f}x | {'met' if met else 'MISSED'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def startup_note(summary: dict[str, dict[str, float]]) -> str:
     """How far each side's first prediction lies above the floor (docker run to the model
     loaded, no server), and the ratio a server that added nothing to the floor would reach."""
@@ -249,6 +326,9 @@ class Setup:
     payload: bytes  # the one-row request of the load
     check_payloads: list[bytes]  # requests whose answers must match between the sides
     wrk_script: Path  # wrk's script, posting `payload`
+    v2_payload: bytes  # the same row as a V2 infer request
+    v2_script: Path  # wrk's script, posting `v2_payload`
+    sides: tuple[str, ...]  # the sides measured, in the first round's order
 
 
 def tag(side: str) -> str:
@@ -271,15 +351,33 @@ def prepare(args: argparse.Namespace, work: Path, log: io.TextIOBase) -> Setup:
     except ImageNotFound:
         raise BenchmarkFailed(f"the base image {args.base_image} is not present") from None
     payload, check_payloads = payloads(Path(args.model))
-    wrk_script = work / "post.lua"
-    wrk_script.write_text(
-        'wrk.method = "POST"\n'
-        'wrk.headers["Content-Type"] = "application/json"\n'
-        f"wrk.body = {json.dumps(payload.decode())}\n"
-    )
+    v2 = v2_payload(payload)
+    sides = SIDES if args.no_engines else (*SIDES, *ENGINE_SIDES)
     return Setup(client, Path(args.model), args.base_image, f"{args.base_image}-mlimg-bench-ca",
                  Path(args.ca_cert), work, args.duration, log, payload, check_payloads,
-                 wrk_script)  # fmt: skip
+                 wrk_script(work / "post.lua", payload), v2, wrk_script(work / "v2.lua", v2),
+                 sides)  # fmt: skip
+
+
+def wrk_script(path: Path, body: bytes) -> Path:
+    path.write_text(
+        'wrk.method = "POST"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = {json.dumps(body.decode())}\n"
+    )
+    return path
+
+
+def v2_payload(payload: bytes) -> bytes:
+    """The rows of a `dataframe_split` request as a V2 infer request: one input per column."""
+    split = json.loads(payload)["dataframe_split"]
+    kinds = {float: "FP64", int: "INT64", str: "BYTES", bool: "BOOL"}
+    inputs = []
+    for index, name in enumerate(split["columns"]):
+        column = [row[index] for row in split["data"]]
+        kind = kinds[type(column[0])]
+        inputs.append({"name": name, "datatype": kind, "shape": [len(column), 1], "data": column})
+    return json.dumps({"inputs": inputs}).encode()
 
 
 def fresh_mlflow_base(setup: Setup) -> None:
@@ -331,9 +429,52 @@ def image_id(setup: Setup, side: str) -> str:
     return setup.client.images.get(tag(side)).id
 
 
+def upstream_mlserver_context(setup: Setup, model: Path) -> Path:
+    """A build context for MLServer serving the model as its documentation shows: mlserver and
+    mlserver-mlflow (with its full-mlflow dependency) and the model's requirements installed
+    with pip, a model-settings.json naming the MLflow runtime, `mlserver start`."""
+    context = setup.work / "upstream-mlserver"
+    shutil.rmtree(context, ignore_errors=True)
+    context.mkdir()
+    shutil.copytree(model, context / "model")
+    shutil.copyfile(model / "requirements.txt", context / "requirements.txt")
+    settings = {"name": "model", "implementation": "mlserver_mlflow.MLflowRuntime",
+                "parameters": {"uri": "/opt/ml/model"}}  # fmt: skip
+    (context / "model-settings.json").write_text(json.dumps(settings))
+    (context / "Dockerfile").write_text(
+        f"FROM {setup.mlflow_base}\n"
+        f"RUN pip install --no-cache-dir mlserver=={MLSERVER_VERSION} "
+        f"mlserver-mlflow=={MLSERVER_VERSION} 'uvloop<0.22'\n"
+        "COPY requirements.txt /tmp/requirements.txt\n"
+        "RUN pip install --no-cache-dir -r /tmp/requirements.txt\n"
+        "COPY model-settings.json /opt/mlserver/model-settings.json\n"
+        "COPY model /opt/ml/model\n"
+        "EXPOSE 8080\n"
+        'CMD ["mlserver", "start", "/opt/mlserver"]\n'
+    )
+    return context
+
+
+def build_upstream_mlserver(setup: Setup, model: Path, no_cache: bool) -> None:
+    from docker.errors import BuildError
+
+    context = upstream_mlserver_context(setup, model)
+    try:
+        setup.client.images.build(path=str(context), tag=tag(UPSTREAM_MLSERVER), rm=True,
+                                  nocache=no_cache, pull=False)  # fmt: skip
+    except BuildError as exc:
+        for line in exc.build_log:
+            setup.log.write(str(line.get("stream", line)))
+        raise BenchmarkFailed(f"the upstream MLServer build failed; see {setup.log.name}") from None
+
+
 def build(setup: Setup, side: str, model: Path, no_cache: bool, smoke_test: bool = False) -> float:
     """Seconds for the side's whole build command; mlimg's smoke test only when asked (it is
     timed apart: MLflow tests nothing)."""
+    if side == UPSTREAM_MLSERVER:
+        started = time.monotonic()
+        build_upstream_mlserver(setup, model, no_cache)
+        return time.monotonic() - started
     if side == "mlflow":
         # MLflow builds from whatever cache the engine has; a cold build follows remove_image.
         code = (
@@ -344,6 +485,8 @@ def build(setup: Setup, side: str, model: Path, no_cache: bool, smoke_test: bool
     else:
         command = ["mlimg", "build", "-m", str(model), "-t", tag(side),
                    "--ca-cert", str(setup.ca_cert), "--base-image", setup.base_image]  # fmt: skip
+        if side == MLIMG_MLSERVER:
+            command += ["--engine", "mlserver"]
         if not smoke_test:
             command.append("--no-smoke-test")
         if no_cache:
@@ -358,7 +501,7 @@ def build(setup: Setup, side: str, model: Path, no_cache: bool, smoke_test: bool
 
 
 def size_added_mb(setup: Setup, side: str) -> float:
-    base = setup.mlflow_base if side == "mlflow" else setup.base_image
+    base = setup.mlflow_base if side in ("mlflow", UPSTREAM_MLSERVER) else setup.base_image
     size = setup.client.images.get(tag(side)).attrs["Size"]
     return (size - setup.client.images.get(base).attrs["Size"]) / 1e6
 
@@ -419,10 +562,12 @@ class Container:
         self.container.remove(force=True)
 
 
-def load(url: str, script: Path, connections: int, seconds: int) -> LoadResult:
+def load(
+    url: str, script: Path, connections: int, seconds: int, path: str = "/invocations"
+) -> LoadResult:
     threads = str(min(connections, 2))
     command = ["wrk", "-t", threads, "-c", str(connections), "-d", f"{seconds}s", "--latency",
-               "-s", str(script), f"{url}/invocations"]  # fmt: skip
+               "-s", str(script), f"{url}{path}"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
     if result.returncode != 0:
         raise BenchmarkFailed(f"wrk failed: {result.stderr}")
@@ -485,14 +630,14 @@ def measure_side(
         served = {image: serving_figures(setup, image, starts) for image in order}
         figures.update(served[tag(side)][0])
         return figures, served[tag(side)][1], served[tag(BASELINE)][0]
-    serving, answers = serving_figures(setup, tag(side), starts)
+    serving, answers = serving_figures(setup, tag(side), starts, v2=side in ENGINE_SIDES)
     figures.update(serving)
     return figures, answers, None
 
 
-def serving_figures(setup: Setup, image: str, starts: int) -> tuple[dict, list]:
-    """First prediction (median of `starts`), load at 1 and 16 connections, peak memory, and
-    the answers to the check requests."""
+def serving_figures(setup: Setup, image: str, starts: int, v2: bool = False) -> tuple[dict, list]:
+    """First prediction (median of `starts`), load at 1 and 16 connections (and on V2 infer,
+    with `v2`), peak memory, and the answers to the check requests (the V2 one last)."""
     figures: dict[str, float] = {}
     firsts = []
     for _ in range(starts):
@@ -503,16 +648,22 @@ def serving_figures(setup: Setup, image: str, starts: int) -> tuple[dict, list]:
     container = started(setup, image)
     try:
         answers = [post(f"{container.url}/invocations", body) for body in setup.check_payloads]
-        load(container.url, setup.wrk_script, 16, 2)  # warm-up, not counted
-        for connections in (1, 16):
-            result = load(container.url, setup.wrk_script, connections, setup.duration)
-            if result.errors:
-                raise BenchmarkFailed(
-                    f"{image}: {result.errors} errors under load at {connections} connection(s)"
-                )
-            figures[f"rps_c{connections}"] = result.requests_per_s
-            figures[f"p50_c{connections}_ms"] = result.p50_ms
-            figures[f"p99_c{connections}_ms"] = result.p99_ms
+        paths = [("", "/invocations", setup.wrk_script)]
+        if v2:
+            answers.append(post(f"{container.url}{V2_PATH}", setup.v2_payload))
+            paths.append(("v2_", V2_PATH, setup.v2_script))
+        for prefix, path, script in paths:
+            load(container.url, script, 16, 2, path)  # warm-up, not counted
+            for connections in (1, 16):
+                result = load(container.url, script, connections, setup.duration, path)
+                if result.errors:
+                    raise BenchmarkFailed(
+                        f"{image}: {result.errors} errors under load on {path} at "
+                        f"{connections} connection(s)"
+                    )
+                figures[f"rps_{prefix}c{connections}"] = result.requests_per_s
+                figures[f"p50_{prefix}c{connections}_ms"] = result.p50_ms
+                figures[f"p99_{prefix}c{connections}_ms"] = result.p99_ms
         memory = container.peak_memory_mb()
         if memory is not None:
             figures["peak_memory_mb"] = memory
@@ -565,14 +716,31 @@ def build_baseline(setup: Setup, revision: str) -> None:
 
 
 def same_predictions(answers: dict[str, list[tuple[int, bytes]]]) -> None:
-    for index, (theirs, ours) in enumerate(zip(answers["mlflow"], answers["mlimg"], strict=True)):
-        if theirs[0] != 200 or ours[0] != 200:
-            raise BenchmarkFailed(f"check request {index}: status {theirs[0]} vs {ours[0]}")
-        if json.loads(theirs[1]) != json.loads(ours[1]):
-            raise BenchmarkFailed(
-                f"check request {index}: the predictions differ:\n{theirs[1][:300]!r}\n"
-                f"{ours[1][:300]!r}"
-            )
+    """Every side's answers to the check requests equal MLflow's; the MLServer sides' V2
+    answers (their last) carry the same output data."""
+    reference = answers["mlflow"]
+    for side, answered in answers.items():
+        v2 = answered[len(reference) :]
+        for index, (theirs, ours) in enumerate(zip(reference, answered, strict=False)):
+            if theirs[0] != 200 or ours[0] != 200:
+                raise BenchmarkFailed(
+                    f"check request {index}: status {theirs[0]} vs {side} {ours[0]}"
+                )
+            if json.loads(theirs[1]) != json.loads(ours[1]):
+                raise BenchmarkFailed(
+                    f"check request {index}: {side}'s predictions differ:\n{theirs[1][:300]!r}\n"
+                    f"{ours[1][:300]!r}"
+                )
+        for status, body in v2:
+            if status != 200:
+                raise BenchmarkFailed(f"{side}: V2 infer answered {status}: {body[:300]!r}")
+    outputs = [
+        [output["data"] for output in json.loads(answered[-1][1])["outputs"]]
+        for side, answered in answers.items()
+        if side in ENGINE_SIDES
+    ]
+    if any(output != outputs[0] for output in outputs):
+        raise BenchmarkFailed(f"the V2 outputs differ between the MLServer sides: {outputs}")
 
 
 def chart(summary: dict[str, dict[str, float]], path: Path) -> None:
@@ -581,20 +749,34 @@ def chart(summary: dict[str, dict[str, float]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [m for m in METRICS if m[0] in summary["mlimg"] and m[0] in summary["mlflow"]]
+    sides = [side for side in (*SIDES, *ENGINE_SIDES) if side in summary]
+    keys = [m for m in ALL_METRICS if any(m[0] in summary[side] for side in sides)]
     columns = 4
     rows = -(-len(keys) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.4 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.6 * rows), squeeze=False)
+    colours = {"mlflow": "#8c8c8c", "mlimg": "#1f77b4", UPSTREAM_MLSERVER: "#d8b365",
+               MLIMG_MLSERVER: "#5ab4ac"}  # fmt: skip
+    short = {"mlflow": "MLflow", "mlimg": "mlimg", UPSTREAM_MLSERVER: "MLServer",
+             MLIMG_MLSERVER: "mlimg\n+MLServer"}  # fmt: skip
     for axis in axes.flat[len(keys) :]:
         axis.set_visible(False)
     for axis, (key, label, unit, better, target) in zip(axes.flat, keys, strict=False):
-        theirs, ours = summary["mlflow"][key], summary["mlimg"][key]
-        axis.bar(["MLflow", "mlimg"], [theirs, ours], color=["#8c8c8c", "#1f77b4"])
-        goal = f", target {'≥' if better == 'higher' else '≤'} {target:g}x" if target else ""
-        title = f"{label}\n{unit}, {better} is better: {ours / theirs:.2f}x{goal}"
+        shown = [side for side in sides if key in summary[side]]
+        axis.bar(
+            [short[side] for side in shown],
+            [summary[side][key] for side in shown],
+            color=[colours[side] for side in shown],
+        )
+        title = f"{label}\n{unit}, {better} is better"
+        if key in summary["mlflow"] and key in summary["mlimg"]:
+            goal = f", target {'≥' if better == 'higher' else '≤'} {target:g}x" if target else ""
+            title += f": mlimg {summary['mlimg'][key] / summary['mlflow'][key]:.2f}x{goal}"
         axis.set_title(title, fontsize=7)
         axis.tick_params(labelsize=7)
-    fig.suptitle("mlimg vs mlflow models build-docker (medians of alternating rounds)", fontsize=9)
+    fig.suptitle(
+        "mlimg vs mlflow models build-docker and MLServer (medians of alternating rounds)",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -613,6 +795,11 @@ def main() -> int:
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--update-readme", action="store_true")
     parser.add_argument(
+        "--no-engines",
+        action="store_true",
+        help="measure MLflow and mlimg only, not the two MLServer sides",
+    )
+    parser.add_argument(
         "--baseline-runtime",
         metavar="REV",
         help="also serve mlimg's image with the runtime of git revision REV swapped in",
@@ -629,7 +816,7 @@ def main() -> int:
         try:
             setup = prepare(args, Path(tmp), log)
             for round_no in range(args.rounds):
-                order = SIDES if round_no % 2 == 0 else tuple(reversed(SIDES))
+                order = setup.sides if round_no % 2 == 0 else tuple(reversed(setup.sides))
                 figures, answers = {}, {}
                 for side in order:
                     print(f"round {round_no + 1}/{args.rounds}: {side}", flush=True)
@@ -658,6 +845,7 @@ def main() -> int:
         f"\nmlimg's rebuild is timed with `--no-smoke-test`, as MLflow tests nothing; "
         f"`mlimg build` with its smoke test took {smoke:.1f} s (median).\n"
     ) + startup_note(summary)
+    table += engines_table(summary)
     table += baseline_table(summary, args.baseline_runtime or "")
     (out / "latest.md").write_text(table)
     (out / "latest.json").write_text(json.dumps({"rounds": rounds, "median": summary}, indent=2))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -139,3 +140,44 @@ def test_summarize_keeps_the_baseline_side() -> None:
         for v in (3.0, 5.0, 4.0)
     ]
     assert compare.summarize(rounds)["baseline"]["rps_c1"] == 4.0
+
+
+def test_v2_payload_has_one_input_per_column() -> None:
+    body = b'{"dataframe_split": {"columns": ["a", "b"], "data": [[1.5, 2], [3.0, 4]]}}'
+    v2 = json.loads(compare.v2_payload(body))
+    assert v2 == {
+        "inputs": [
+            {"name": "a", "datatype": "FP64", "shape": [2, 1], "data": [1.5, 3.0]},
+            {"name": "b", "datatype": "INT64", "shape": [2, 1], "data": [2, 4]},
+        ]
+    }
+
+
+def test_engines_table_judges_each_goal_against_upstream_mlserver() -> None:
+    summary = {
+        "mlimg": {"rps_c16": 3000.0, "p50_c16_ms": 4.0, "rps_c1": 600.0, "p50_c1_ms": 1.5},
+        compare.UPSTREAM_MLSERVER: {"rps_c16": 500.0, "p50_c16_ms": 30.0, "rps_c1": 200.0,
+                                    "p50_c1_ms": 4.0, "rps_v2_c1": 300.0, "size_added_mb": 900.0},
+        compare.MLIMG_MLSERVER: {"rps_c16": 800.0, "rps_c1": 250.0, "rps_v2_c1": 280.0,
+                                 "size_added_mb": 480.0},
+    }  # fmt: skip
+    table = compare.engines_table(summary)
+    assert "| MLServer (upstream) | mlimg --engine mlserver | mlimg |" in table
+    assert "V2 infer throughput, 1 connection: mlimg --engine mlserver / MLServer" in table
+    verdicts = [line.rsplit("|", 2)[-2].strip() for line in table.splitlines() if "x |" in line]
+    assert verdicts.count("MISSED") == 1  # V2 at 1 connection: 280 against 300
+    assert compare.engines_table({"mlimg": {}, "mlflow": {}}) == ""
+
+
+def test_same_predictions_compares_every_side_and_the_v2_outputs() -> None:
+    ok = [(200, b'{"predictions": [0]}')]
+    v2 = (200, b'{"outputs": [{"name": "o", "data": [0]}]}')
+    answers = {"mlflow": ok, "mlimg": ok, compare.UPSTREAM_MLSERVER: [*ok, v2],
+               compare.MLIMG_MLSERVER: [*ok, v2]}  # fmt: skip
+    compare.same_predictions(answers)
+    answers[compare.MLIMG_MLSERVER] = [*ok, (200, b'{"outputs": [{"name": "o", "data": [1]}]}')]
+    with pytest.raises(compare.BenchmarkFailed, match="V2 outputs differ"):
+        compare.same_predictions(answers)
+    answers["mlimg"] = [(200, b'{"predictions": [1]}')]
+    with pytest.raises(compare.BenchmarkFailed, match="mlimg's predictions differ"):
+        compare.same_predictions(answers)
