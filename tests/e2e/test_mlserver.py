@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import threading
 import time
 import urllib.request
@@ -59,7 +58,7 @@ def test_image_contract(docker_client, mlserver_iris_image: str) -> None:
     assert size < 1_000_000_000, "mlserver-mlflow's full-mlflow dependency must stay out"
 
 
-def test_invocations_with_workers_and_the_metrics_and_grpc_ports(
+def test_invocations_with_workers_metrics_and_v2_over_grpc(
     docker_client, mlserver_iris_image: str, sklearn_model: Path
 ) -> None:
     expected = mlflow.pyfunc.load_model(str(sklearn_model)).predict(IRIS).tolist()
@@ -83,8 +82,18 @@ def test_invocations_with_workers_and_the_metrics_and_grpc_ports(
         with urllib.request.urlopen(metrics_url, timeout=10) as response:
             metrics = response.read().decode()
         assert "rest_server_requests" in metrics
-        with socket.create_connection(("127.0.0.1", published(box, 8081)), timeout=5):
-            pass  # gRPC listens
+        import tritonclient.grpc as triton_grpc
+
+        grpc = triton_grpc.InferenceServerClient(url=f"127.0.0.1:{published(box, 8081)}")
+        assert grpc.is_server_live() and grpc.is_model_ready("model")
+        inputs = []
+        for name in IRIS.columns:
+            column = triton_grpc.InferInput(name, [len(IRIS), 1], "FP64")
+            column.set_data_from_numpy(IRIS[[name]].to_numpy(dtype=np.float64))
+            inputs.append(column)
+        result = grpc.infer("model", inputs)
+        [output] = result.get_response(as_json=True)["outputs"]
+        assert result.as_numpy(output["name"]).ravel().tolist() == expected
 
 
 def test_v2_protocol_with_tritonclient_for_a_column_signature(
