@@ -106,7 +106,8 @@ SETTINGS = (
         "`auto`: batch concurrent requests for row-wise flavors (sklearn, xgboost, lightgbm, "
         "catboost); `on`: for any model; `off`",
         choices=("auto", "on", "off"),
-        mlserver="yes for `/invocations`; `off` also turns V2 adaptive batching off",
+        mlserver="yes for `/invocations`; `on` also turns on V2 adaptive batching (MLServer's, "
+        "which holds every request up to `MLIMG_BATCH_WAIT_MS`)",
     ),
     Setting(
         "MLIMG_MAX_BATCH_ROWS",
@@ -114,7 +115,7 @@ SETTINGS = (
         "int",
         64,
         "the most rows predicted in one call; a larger request is predicted alone",
-        mlserver="yes, and V2's `max_batch_size`",
+        mlserver="yes, and V2's `max_batch_size` under `on`",
     ),
     Setting(
         "MLIMG_BATCH_WAIT_MS",
@@ -123,7 +124,7 @@ SETTINGS = (
         5.0,
         "how long a batch may wait for more requests, while some are being decoded or fewer "
         "have come than in the last batch (a lone request never waits)",
-        mlserver="yes, and V2's `max_batch_time`",
+        mlserver="yes, and V2's `max_batch_time` under `on`",
     ),
     Setting(
         "MLIMG_TIMEOUT",

@@ -50,8 +50,8 @@ _NOT_FOUND = "no such endpoint: use /invocations, /ping, /health, /version or th
 
 
 def mlserver_settings(config: ServerConfig, work_dir: str) -> dict[str, Any]:
-    """MLServer's server settings from the contract's (which of them MLServer honours is in
-    the README's table of engines)."""
+    """MLServer's server settings from the contract's (what the engine does with each setting
+    is its `mlserver` note in `contract.SETTINGS`)."""
     return {
         "host": config.host,
         "http_port": config.port,
@@ -68,9 +68,13 @@ def mlserver_settings(config: ServerConfig, work_dir: str) -> dict[str, Any]:
 
 
 def model_settings(config: ServerConfig) -> dict[str, Any]:
-    """The model's settings: its name in the V2 paths, where it is, and V2 adaptive batching
-    from the contract's batching settings."""
-    batching = config.batching != "off"
+    """The model's settings: its name in the V2 paths, where it is, and V2 adaptive batching.
+
+    MLServer's adaptive batching holds every V2 request up to its `max_batch_time`, a lone one
+    too: at one connection that tripled V2's p50 (ARCHITECTURE.md, "Measurements"). So it is on
+    only with MLIMG_BATCHING=on; `auto` batches /invocations alone, where a lone request never
+    waits."""
+    batching = config.batching == "on"
     return {
         "name": config.model_name,
         "implementation": f"{__name__}.MlimgModel",

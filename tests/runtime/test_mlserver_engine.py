@@ -29,14 +29,17 @@ def test_server_settings_come_from_the_contract() -> None:
 
 def test_model_settings_name_path_and_v2_batching() -> None:
     config = ServerConfig.from_env(
-        {"MLIMG_MODEL_PATH": "/m", "MLIMG_MODEL_NAME": "iris", "MLIMG_MAX_BATCH_ROWS": "32"}
-    )
+        {"MLIMG_MODEL_PATH": "/m", "MLIMG_MODEL_NAME": "iris", "MLIMG_MAX_BATCH_ROWS": "32",
+         "MLIMG_BATCHING": "on"}
+    )  # fmt: skip
     settings = model_settings(config)
     assert (settings["name"], settings["parameters"]) == ("iris", {"uri": "/m"})
     assert (settings["max_batch_size"], settings["max_batch_time"]) == (32, 0.005)
     assert settings["implementation"] == "mlimg_runtime.mlserver_engine.MlimgModel"
-    off = model_settings(ServerConfig.from_env({"MLIMG_BATCHING": "off"}))
-    assert (off["max_batch_size"], off["max_batch_time"]) == (1, 0)
+    # MLServer's batcher holds even a lone request: not under auto (the default), nor off
+    for mode in ("auto", "off"):
+        held = model_settings(ServerConfig.from_env({"MLIMG_BATCHING": mode}))
+        assert (held["max_batch_size"], held["max_batch_time"]) == (1, 0)
 
 
 def test_the_module_imports_without_mlserver() -> None:
