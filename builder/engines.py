@@ -31,6 +31,7 @@ class ServingEngine:
     requirements_file: str  # in mlimg_runtime: what it adds to the model's environment
     host_modules: tuple[str, ...]  # what an environment must have to run it
     import_check: str  # a cached environment must run this before it is reused
+    local_install: str  # what `--env-manager local` needs installed in the current Python
     no_deps_file: str | None = None  # in mlimg_runtime: packages installed without dependencies
     ports: tuple[tuple[str, int], ...] = ()  # what it listens on beside the contract's port
     python_below: tuple[int, int] | None = None  # the first Python minor it does not run on
@@ -81,6 +82,7 @@ MLIMG = ServingEngine(
     module="mlimg_runtime",
     requirements_file="requirements.txt",
     host_modules=("flask", "gunicorn", "httptools", "mlflow"),
+    local_install="pip install 'mlimg[runtime]' mlflow",
     # The runtime's whole server and the MLflow loader (a second or so), so that a damaged
     # cache is found before reuse, not at start-up.
     import_check="import mlflow.pyfunc, mlimg_runtime.server, mlimg_runtime.batch",
@@ -92,6 +94,8 @@ MLSERVER = ServingEngine(
     requirements_file="requirements-mlserver.txt",
     no_deps_file="requirements-mlserver-no-deps.txt",
     host_modules=("mlserver", "mlserver_mlflow", "mlflow"),
+    local_install="pip install mlserver==1.7.1 'uvloop<0.22' mlflow && "
+    "pip install --no-deps mlserver-mlflow==1.7.1",
     import_check="import mlflow.pyfunc, mlserver, mlserver_mlflow, mlimg_runtime.mlserver_engine",
     ports=(("grpc", contract.MLSERVER_GRPC_PORT), ("metrics", contract.MLSERVER_METRICS_PORT)),
     python_below=(3, 13),  # mlserver 1.7.1 declares Python <3.13

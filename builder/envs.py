@@ -168,6 +168,6 @@ def _local_environment(engine: ServingEngine) -> ModelEnvironment:
     if missing:
         raise InvalidOption(
             f"--env-manager local serves the model with this Python ({sys.executable}), which "
-            f"lacks {', '.join(missing)}: pip install 'mlimg[runtime]' mlflow"
+            f"lacks {', '.join(missing)} for the {engine.name} engine: {engine.local_install}"
         )
     return ModelEnvironment(Path(sys.executable), None, reused=True)

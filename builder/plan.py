@@ -58,7 +58,9 @@ class BuildPlan:
     base_image: str
     build_image: str
     requirements: tuple[ModelRequirement, ...]  # the model's, after the mlflow-skinny swap
-    runtime_requirements: tuple[Requirement, ...]  # the engine's, under the model's constraint
+    # the engine's: under a constraint of the model's, or resolved with the model's own
+    # requirements (engines.ServingEngine.resolved_with_model)
+    runtime_requirements: tuple[Requirement, ...]
     runtime_no_deps: tuple[Requirement, ...]  # the engine's, installed without dependencies
     labels: dict[str, str]
     ca_cert: Path | None

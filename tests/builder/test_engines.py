@@ -92,3 +92,16 @@ def test_engine_modules_and_requirement_files_ship_with_the_runtime() -> None:
         for name in filter(None, (engine.requirements_file, engine.no_deps_file)):
             assert runtime.joinpath(name).is_file(), name
     assert all("==" in str(req) for req in MLSERVER.no_deps_requirements())
+
+
+def test_local_env_manager_names_what_the_engine_lacks() -> None:
+    from dataclasses import replace
+
+    from mlimg.envs import _local_environment
+
+    lacking = replace(MLSERVER, host_modules=("mlflow", "no_such_module_for_mlimg"))
+    with pytest.raises(InvalidOption) as refused:
+        _local_environment(lacking)
+    message = str(refused.value)
+    assert "lacks no_such_module_for_mlimg for the mlserver engine" in message
+    assert "pip install --no-deps mlserver-mlflow==1.7.1" in message
