@@ -224,7 +224,15 @@ class ContractRoutes:
         except ScoringError as error:
             return self._error(error.status, error.message)
         content_type = request.headers.get("content-type")
-        status, answer = await model.invocations(content_type, body, arrived)
+        try:
+            status, answer = await model.invocations(content_type, body, arrived)
+        except Exception as exc:  # the inference worker died (the scorer itself never raises)
+            if isinstance(exc, RuntimeError) and isinstance(exc.__cause__, StopIteration):
+                # MLServer's dispatcher has no worker while it starts a new one: retryable.
+                log.warning("no inference worker to answer /invocations; one is restarting")
+                return self._error(503, "no inference worker is ready (one is restarting)")
+            log.exception("the inference worker failed while answering /invocations")
+            return self._error(500, "internal error: the inference worker failed")
         return Response(answer, status_code=status, media_type=_JSON)
 
     async def http_error(self, request: Any, exc: Any) -> Any:
@@ -233,9 +241,11 @@ class ContractRoutes:
         return self._error(status, _NOT_FOUND if status == 404 else str(exc.detail))
 
     async def _ready_model(self) -> Any:
+        from mlserver.errors import ModelNotFound
+
         try:
             model = await self.registry.get_model(self.config.model_name)
-        except Exception:  # not registered yet (MLServer raises ModelNotFound)
+        except ModelNotFound:  # not registered yet, or unloaded after a failed load
             return None
         return model if model.ready else None
 

@@ -66,6 +66,17 @@ _CODE = {
             def predict(self, context, model_input, params=None):
                 return np.asarray(model_input, dtype="float64") * 2
     """,
+    "dying": """
+        import os
+        import signal
+
+        class Model(mlflow.pyfunc.PythonModel):
+            def predict(self, context, model_input, params=None):
+                frame = pd.DataFrame(model_input)
+                if (frame["a"] == 666).any():  # the process dies, as a crashing library would
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return frame["a"] * 2
+    """,
     "broken": """
         class Model(mlflow.pyfunc.PythonModel):
             def predict(self, context, model_input, params=None):
@@ -132,7 +143,7 @@ def _signature(name: str):
         return ModelSignature(inputs=Schema([TensorSpec(np.dtype("float64"), (-1,))]))
     if name == "words":
         return ModelSignature(inputs=Schema([ColSpec(Array("string"))]))
-    if name == "broken":
+    if name in ("broken", "dying"):
         return ModelSignature(inputs=Schema([ColSpec("double", "a")]))
     if name == "slow":
         return ModelSignature(

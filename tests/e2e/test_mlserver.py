@@ -21,6 +21,7 @@ from tests.e2e.test_build import steps_from_cache
 from tests.e2e.test_hardening import wait_healthy
 from tests.e2e.test_protocol_images import base_url, exchange, running
 from tests.models import make_sklearn_model
+from tests.protocol_models import make_protocol_model
 
 IRIS = load_iris(as_frame=True).data.iloc[::7]
 
@@ -234,3 +235,31 @@ def test_a_model_that_fails_to_load_exits_non_zero(
         assert "the model at /nonexistent did not load" in logs
     finally:
         container.remove(force=True)
+
+
+def test_an_inference_worker_that_dies_is_answered_in_json_and_replaced(
+    docker_client, mlserver_iris_image: str, tmp_path: Path, ca_cert: Path
+) -> None:
+    """A model that kills its process (as a crashing native library does): that request is a
+    JSON 500, requests while MLServer starts a new worker a JSON 503, then service resumes."""
+    model = make_protocol_model("dying", tmp_path / "dying")
+    tag = "mlimg-test/proto-dying-mlserver:e2e"
+    result = build(model, tag, ca_cert, "--engine", "mlserver", "--no-smoke-test")
+    assert result.returncode == 0, result.stderr
+    one = json.dumps({"dataframe_records": [{"a": 1.0}]}).encode()
+    dies = json.dumps({"dataframe_records": [{"a": 666.0}]}).encode()
+    with serving(docker_client, tag, environment={"MLIMG_WORKERS": "1"}) as url:
+        assert exchange(f"{url}/invocations", one, "application/json") == (
+            200,
+            {"predictions": [{"a": 2.0}]},
+        )
+        status, answer = exchange(f"{url}/invocations", dies, "application/json")
+        assert status == 500 and answer["error_code"] == "INTERNAL_ERROR", answer
+        statuses = []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and 200 not in statuses:
+            status, answer = exchange(f"{url}/invocations", one, "application/json")
+            statuses.append(status)
+            assert status in (200, 503), answer
+            time.sleep(0.5)
+        assert statuses[-1] == 200, statuses
