@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -430,8 +431,10 @@ def test_a_killed_predict_takes_its_child_along_and_leaves_no_file(
 
 def test_a_damaged_cached_environment_is_made_again(registry, cache_dir: Path) -> None:
     uri = f"models:/{registry.name}/1"
-    serve_once(uri, cache_dir, registry)  # the environment exists
-    [module] = (cache_dir / "envs").glob("uv-*/lib/python3.*/site-packages/gunicorn/arbiter.py")
+    first = serve_once(uri, cache_dir, registry)  # the environment exists
+    # its path, as mlimg names it (other tests' environments share the cache)
+    env = re.search(r"(?:reusing the environment|requirements in) (\S+)", first).group(1)
+    [module] = Path(env).glob("lib/python3.*/site-packages/gunicorn/arbiter.py")
     module.unlink()  # a file lost from site-packages
     output = serve_once(uri, cache_dir, registry)
     assert "is broken" in output and "gunicorn.arbiter" in output, output
