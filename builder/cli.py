@@ -61,8 +61,9 @@ _ENGINE_OPTION = click.option(
     type=click.Choice(list(ENGINES)),
     default=DEFAULT_ENGINE,
     show_default=True,
-    help="The serving engine: mlimg (mlimg's own server) or mlserver (MLServer 1.7.1: the "
-    "MLflow scoring protocol plus V2 inference, gRPC on 8081, metrics on 8082).",
+    help="The serving engine: "
+    + "; ".join(f"{engine.name}: {engine.summary}" for engine in ENGINES.values())
+    + ".",
 )
 
 
