@@ -116,10 +116,6 @@ def iris_image(docker_client, sklearn_model: Path, ca_cert: Path) -> str:
 
 
 MLSERVER_IRIS_TAG = "mlimg-test/iris-mlserver:e2e"
-# The conformance suite's models whose MLServer-engine images the tests serve.
-MLSERVER_PROTOCOL_MODELS = (
-    "typed", "binary", "datetime", "chat", "qa", "tensor", "vector", "words", "broken", "slow",
-)  # fmt: skip
 
 
 @pytest.fixture(scope="session")
@@ -137,8 +133,10 @@ def mlserver_protocol_images(
 ) -> dict:
     """The conformance models' images with the MLServer engine, by model name. They share the
     dependency layers of the iris image: each build runs the model's own steps only."""
+    from tests.protocol_models import PROTOCOL_MODELS
+
     images = {"sklearn": mlserver_iris_image}
-    for name in MLSERVER_PROTOCOL_MODELS:
+    for name in PROTOCOL_MODELS:
         tag = f"mlimg-test/proto-{name}-mlserver:e2e"
         result = build(protocol_models[name], tag, ca_cert, "--engine", "mlserver")
         assert result.returncode == 0, result.stderr
