@@ -143,6 +143,21 @@ def _cgroup_quota(root: Path) -> int | None:
 TEMP_CANDIDATES = ("/tmp", "/var/tmp", "/dev/shm")
 
 
+def use_writable_temp_dir() -> str:
+    """Make the first writable temporary directory the process's and its children's (TMPDIR,
+    for what the model's libraries start); OSError, saying what to mount, when there is none."""
+    directory = writable_temp_dir()
+    if directory is None:
+        raise OSError(
+            f"no writable temporary directory (TMPDIR, {', '.join(TEMP_CANDIDATES)}): the root "
+            "filesystem is read-only; mount a tmpfs at /tmp (docker run --tmpfs /tmp; "
+            "Kubernetes: an emptyDir volume)"
+        )
+    tempfile.tempdir = directory
+    os.environ["TMPDIR"] = directory
+    return directory
+
+
 def writable_temp_dir(candidates: tuple[str, ...] = TEMP_CANDIDATES) -> str | None:
     """The first directory a temporary file can be made in: $TMPDIR, then `candidates`.
 

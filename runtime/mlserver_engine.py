@@ -33,8 +33,9 @@ from importlib import metadata as distributions
 from typing import Any, Optional
 
 from mlimg_runtime import __version__, contract
-from mlimg_runtime.config import TEMP_CANDIDATES, ServerConfig, writable_temp_dir
-from mlimg_runtime.errors import BadRequest, ModelLoading, PayloadTooLarge, ScoringError
+from mlimg_runtime.codecs import JSON
+from mlimg_runtime.config import ServerConfig, use_writable_temp_dir
+from mlimg_runtime.errors import BadRequest, ModelLoading, ScoringError
 from mlimg_runtime.model import ServedModel, load_model
 from mlimg_runtime.model import predict as predict_sorted
 from mlimg_runtime.scoring import BODY_TOO_LARGE, Scorer, error_body
@@ -43,7 +44,6 @@ log = logging.getLogger("mlimg_runtime")
 
 GRPC_PORT = contract.MLSERVER_GRPC_PORT
 METRICS_PORT = contract.MLSERVER_METRICS_PORT
-_JSON = "application/json"
 _METHODS = {"/ping": "GET", "/health": "GET", "/version": "GET", "/invocations": "POST"}
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _NOT_FOUND = "no such endpoint: use /invocations, /ping, /health, /version or the V2 protocol"
@@ -213,16 +213,13 @@ class ContractRoutes:
             return self._error(405, message, {"Allow": _METHODS[path]})
         if path == "/version":
             body = {"mlflow_version": self.mlflow_version, "mlimg_version": __version__}
-            return Response(json.dumps(body), media_type=_JSON)
+            return Response(json.dumps(body), media_type=JSON)
         model = await self._ready_model()
         if model is None:
             return self._error(503, ModelLoading("the model is still loading").message)
         if path != "/invocations":
-            return Response("\n", media_type=_JSON)
-        try:
-            body = await _read_body(request, self.config.max_request_bytes)
-        except ScoringError as error:
-            return self._error(error.status, error.message)
+            return Response("\n", media_type=JSON)
+        body = await request.body()  # BodyLimit has held it to MLIMG_MAX_REQUEST_BYTES
         content_type = request.headers.get("content-type")
         try:
             status, answer = await model.invocations(content_type, body, arrived)
@@ -233,7 +230,7 @@ class ContractRoutes:
                 return self._error(503, "no inference worker is ready (one is restarting)")
             log.exception("the inference worker failed while answering /invocations")
             return self._error(500, "internal error: the inference worker failed")
-        return Response(answer, status_code=status, media_type=_JSON)
+        return Response(answer, status_code=status, media_type=JSON)
 
     async def http_error(self, request: Any, exc: Any) -> Any:
         """Starlette's own 404 and 405 (a path no route has), in the JSON error shape."""
@@ -253,13 +250,14 @@ class ContractRoutes:
         from starlette.responses import Response
 
         body = error_body(status, message, self.config)
-        return Response(body, status_code=status, media_type=_JSON, headers=headers)
+        return Response(body, status_code=status, media_type=JSON, headers=headers)
 
 
 class BodyLimit:
-    """ASGI middleware: a body over MLIMG_MAX_REQUEST_BYTES is 413 on every path (MLServer's
-    V2 routes read whatever arrives): by its Content-Length before the app runs, or, sent in
-    chunks, as soon as the bytes pass the limit (such a body is read here, then handed on)."""
+    """ASGI middleware: a body over MLIMG_MAX_REQUEST_BYTES is 413 on every path, the
+    contract's /invocations and MLServer's V2 routes (which read whatever arrives) alike: by
+    its Content-Length before the app runs, or, sent in chunks, as soon as the bytes pass the
+    limit (such a body is read here, then handed on)."""
 
     def __init__(self, app: Any, config: ServerConfig) -> None:
         self.app = app
@@ -296,28 +294,9 @@ class BodyLimit:
 
     async def _refuse(self, send: Any) -> None:
         body = error_body(413, BODY_TOO_LARGE, self.config)
-        headers = [(b"content-type", _JSON.encode()), (b"content-length", str(len(body)).encode())]
+        headers = [(b"content-type", JSON.encode()), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-
-
-async def _read_body(request: Any, limit: int) -> bytes:
-    """The body, at most `limit` bytes: 413 as soon as Content-Length or the bytes say more."""
-    length = request.headers.get("content-length")
-    if length is not None:
-        try:
-            if int(length) > limit:
-                raise PayloadTooLarge(BODY_TOO_LARGE)
-        except ValueError:
-            raise BadRequest(f"Content-Length is not a number: {length[:40]!r}") from None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(BODY_TOO_LARGE)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _mlflow_version() -> str | None:
@@ -374,15 +353,11 @@ def main() -> None:
     except ValueError as exc:
         log.error("bad configuration: %s", exc)
         sys.exit(2)
-    temp_dir = writable_temp_dir()
-    if temp_dir is None:
-        log.error(
-            "no writable temporary directory (TMPDIR, %s): mount a tmpfs at /tmp",
-            ", ".join(TEMP_CANDIDATES),
-        )
+    try:
+        use_writable_temp_dir()
+    except OSError as exc:
+        log.error("%s", exc)
         sys.exit(1)
-    tempfile.tempdir = temp_dir
-    os.environ["TMPDIR"] = temp_dir
     work_dir = tempfile.mkdtemp(prefix="mlserver-")
     from mlserver.utils import install_uvloop_event_loop
 

@@ -13,7 +13,6 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 from typing import Any
@@ -22,7 +21,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
 from mlimg_runtime.app import create_app
-from mlimg_runtime.config import TEMP_CANDIDATES, ServerConfig, writable_temp_dir
+from mlimg_runtime.config import ServerConfig, use_writable_temp_dir
 from mlimg_runtime.front import Limits
 from mlimg_runtime.logs import access_logger_class, configure_logging
 from mlimg_runtime.model import ServedModel, load_model
@@ -218,16 +217,11 @@ def main() -> None:
         log.error("bad configuration: %s", exc)
         sys.exit(2)
     configure_logging(config.log_format)
-    temp_dir = writable_temp_dir()
-    if temp_dir is None:
-        log.error(
-            "no writable temporary directory (TMPDIR, %s): the root filesystem is read-only; "
-            "mount a tmpfs at /tmp (docker run --tmpfs /tmp; Kubernetes: an emptyDir volume)",
-            ", ".join(TEMP_CANDIDATES),
-        )
+    try:
+        temp_dir = use_writable_temp_dir()
+    except OSError as exc:
+        log.error("%s", exc)
         sys.exit(1)
-    tempfile.tempdir = temp_dir
-    os.environ["TMPDIR"] = temp_dir  # for what the model's libraries start
     EventLoopWorker.limits = front_limits(config)  # the workers are forked from this process
     served = ServedModel()
     loader = _ModelLoader(served, config.model_path)
