@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import textwrap
 import time
 import urllib.request
@@ -175,15 +176,23 @@ def test_pyfunc_image_shares_the_dependency_layers(
     assert answer == {"predictions": expected.to_dict(orient="records")}
 
 
-def test_retrained_model_rebuilds_only_the_model_layers(
-    docker_client, iris_image: str, tmp_path: Path, ca_cert: Path
-) -> None:
+def build_retrained(
+    tmp_path: Path, tag: str, ca_cert: Path, *extra: str
+) -> tuple[Path, subprocess.CompletedProcess]:
+    """The iris model retrained (new weights, the same requirements), built as `tag`."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         retrained = make_sklearn_model(tmp_path / "iris-retrained", max_iter=300)
-    tag = "mlimg-test/iris-retrained:e2e"
-    result = build(retrained, tag, ca_cert)
+    result = build(retrained, tag, ca_cert, *extra)
     assert result.returncode == 0, result.stderr
+    return retrained, result
+
+
+def test_retrained_model_rebuilds_only_the_model_layers(
+    docker_client, iris_image: str, tmp_path: Path, ca_cert: Path
+) -> None:
+    tag = "mlimg-test/iris-retrained:e2e"
+    retrained, result = build_retrained(tmp_path, tag, ca_cert)
     cached, steps = steps_from_cache(result.stderr)
     assert steps - cached == 2
     labels = docker_client.images.get(tag).attrs["Config"]["Labels"]

@@ -8,7 +8,6 @@ import json
 import threading
 import time
 import urllib.request
-import warnings
 from pathlib import Path
 
 import mlflow
@@ -17,10 +16,9 @@ import pytest
 from sklearn.datasets import load_iris
 
 from tests.e2e.conftest import build, serving
-from tests.e2e.test_build import steps_from_cache
+from tests.e2e.test_build import build_retrained, steps_from_cache
 from tests.e2e.test_hardening import wait_healthy
-from tests.e2e.test_protocol_images import base_url, exchange, running
-from tests.models import make_sklearn_model
+from tests.e2e.test_protocol_images import base_url, exchange, running, stop_during_a_request
 from tests.protocol_models import make_protocol_model
 
 IRIS = load_iris(as_frame=True).data.iloc[::7]
@@ -155,13 +153,9 @@ def test_read_only_root_and_an_arbitrary_user(
 def test_retrained_model_rebuilds_only_the_model_layers(
     docker_client, mlserver_iris_image: str, tmp_path: Path, ca_cert: Path
 ) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        retrained = make_sklearn_model(tmp_path / "iris-retrained", max_iter=300)
-    result = build(
-        retrained, "mlimg-test/iris-retrained-mlserver:e2e", ca_cert, "--engine", "mlserver"
+    _, result = build_retrained(
+        tmp_path, "mlimg-test/iris-retrained-mlserver:e2e", ca_cert, "--engine", "mlserver"
     )
-    assert result.returncode == 0, result.stderr
     cached, steps = steps_from_cache(result.stderr)
     assert steps - cached == 2
 
@@ -204,20 +198,9 @@ def test_timeout_and_body_limit(docker_client, mlserver_protocol_images: dict) -
 def test_sigterm_finishes_the_request_in_flight(
     docker_client, mlserver_protocol_images: dict
 ) -> None:
-    with serving(docker_client, mlserver_protocol_images["slow"]) as url:
-        container = docker_client.containers.list(filters={"label": "mlimg.e2e"})[0]
-        answers = []
-        body = json.dumps({"dataframe_records": [{"a": 1.0}], "params": {"seconds": 3}}).encode()
-        client = threading.Thread(
-            target=lambda: answers.append(exchange(f"{url}/invocations", body, "application/json"))
-        )
-        client.start()
-        time.sleep(1)
-        container.stop(timeout=20)
-        client.join(10)
-        container.reload()
-        assert answers == [(200, {"predictions": [0]})]
-        assert container.attrs["State"]["ExitCode"] == 0
+    answers, exit_code, _ = stop_during_a_request(docker_client, mlserver_protocol_images["slow"])
+    assert answers == [(200, {"predictions": [0]})]
+    assert exit_code == 0
 
 
 def test_a_model_that_fails_to_load_exits_non_zero(

@@ -131,8 +131,10 @@ def test_timeout_body_limit_and_json_logs(docker_client, protocol_images: dict) 
     assert all({"method", "path", "status", "latency_ms"} <= set(line) for line in access)
 
 
-def test_sigterm_finishes_the_request_in_flight(docker_client, protocol_images: dict) -> None:
-    with serving(docker_client, protocol_images["slow"]) as url:
+def stop_during_a_request(docker_client, image: str) -> tuple[list, int, float]:
+    """`docker stop` a slow model's container a second into a 3-second request: the request's
+    answers, the exit code and the seconds `docker stop` took."""
+    with serving(docker_client, image) as url:
         container = docker_client.containers.list(filters={"label": "mlimg.e2e"})[0]
         answers = []
         body = json.dumps({"dataframe_records": [{"a": 1.0}], "params": {"seconds": 3}}).encode()
@@ -146,9 +148,16 @@ def test_sigterm_finishes_the_request_in_flight(docker_client, protocol_images: 
         stopped_after = time.monotonic() - started
         client.join(10)
         container.reload()
-        assert answers == [(200, {"predictions": [0]})]
-        assert container.attrs["State"]["ExitCode"] == 0
-        assert stopped_after < 8
+        return answers, container.attrs["State"]["ExitCode"], stopped_after
+
+
+def test_sigterm_finishes_the_request_in_flight(docker_client, protocol_images: dict) -> None:
+    answers, exit_code, stopped_after = stop_during_a_request(
+        docker_client, protocol_images["slow"]
+    )
+    assert answers == [(200, {"predictions": [0]})]
+    assert exit_code == 0
+    assert stopped_after < 8
 
 
 def test_workers_follow_the_cpu_quota(docker_client, protocol_images: dict) -> None:
