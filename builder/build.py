@@ -1,6 +1,6 @@
 """From a model URI to a tagged image, with the build guarantee: an image is tagged only once
 it has passed its smoke test; an image that fails it (or a Ctrl-C during it) is removed, its
-layers kept as cache, and the tag left as it was.
+layers kept as cache, and the tag left as it was. Only a tagged image is pushed.
 
 Callable without the command line: `build_and_tag(uri, BuildOptions(...), BuildSettings(...))`.
 """
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlimg import daemon
+from mlimg.errors import PushFailed
 from mlimg.model import load_local_model
 from mlimg.plan import BuildOptions, BuildPlan, plan_build
 from mlimg.render import RenderedContext, render_context
@@ -31,6 +32,7 @@ class BuildSettings:
     smoke_timeout: float = 180.0  # seconds the container has to answer /ping
     no_cache: bool = False
     verbose: bool = False  # every line of the build's output, not only its steps
+    push: bool = False  # push the tagged image to the registry its tag names
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class TaggedImage:
     image_id: str
     plan: BuildPlan
     size: int | None  # bytes, as the engine reports it
+    pushed: daemon.PushedImage | None = None
 
 
 def write_context(
@@ -62,6 +65,8 @@ def build_and_tag(
     model_uri: str, options: BuildOptions, settings: BuildSettings, report: Report
 ) -> TaggedImage:
     daemon.check_tag(settings.tag)
+    if settings.push:
+        daemon.check_pushable(settings.tag)
     client = daemon.connect()
     with tempfile.TemporaryDirectory(prefix="mlimg-context-") as tmp:
         context = write_context(model_uri, options, Path(tmp) / "context", report, True)
@@ -93,4 +98,12 @@ def build_and_tag(
             )
             raise
     daemon.tag_image(client, built.id, settings.tag)
-    return TaggedImage(settings.tag, built.id, plan, daemon.image_size(client, settings.tag))
+    size = daemon.image_size(client, settings.tag)
+    pushed = None
+    if settings.push:
+        report(f"pushing {settings.tag}")
+        try:
+            pushed = daemon.push_image(client, settings.tag, report)
+        except PushFailed as exc:
+            raise PushFailed(f"{exc} ({settings.tag} is built and tagged here)") from None
+    return TaggedImage(settings.tag, built.id, plan, size, pushed)

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 import mlimg
-from mlimg import envs
+from mlimg import daemon, envs, manifests
 from mlimg import host as host_runtime
 from mlimg.build import BuildSettings, build_and_tag, write_context
 from mlimg.engines import DEFAULT_ENGINE, ENGINES, serving_engine
@@ -169,6 +169,106 @@ def generate_dockerfile(model_uri: str, output_dir: Path, **options: Any) -> Non
     _say(f"build it with: docker build -t IMAGE {context.path}")
 
 
+def _manifest_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    defaults = manifests.ManifestOptions()
+    options = [
+        click.option(
+            "--target",
+            "targets",
+            multiple=True,
+            type=click.Choice(manifests.TARGETS),
+            help="What to write, repeated for more: kubernetes (Deployment, Service, "
+            "HorizontalPodAutoscaler, PodDisruptionBudget), kserve (an InferenceService), "
+            "compose (a compose file for docker stack deploy). Default: kubernetes.",
+        ),
+        click.option(
+            "--name",
+            help="The objects' name (lower case, digits, '-'). Default: from the model's name.",
+        ),
+        click.option(
+            "--replicas",
+            type=click.IntRange(min=1),
+            default=defaults.replicas,
+            show_default=True,
+            help="Replicas (the autoscaler's floor, when there is one).",
+        ),
+        click.option(
+            "--max-replicas",
+            type=click.IntRange(min=1),
+            default=defaults.max_replicas,
+            show_default=True,
+            help="The autoscaler's ceiling.",
+        ),
+        click.option(
+            "--cpu-target",
+            type=click.IntRange(1, 100),
+            default=defaults.cpu_target,
+            show_default=True,
+            help="The autoscaler's target CPU utilisation, in percent.",
+        ),
+        click.option("--no-autoscaler", is_flag=True, help="A fixed number of replicas."),
+        click.option("--no-disruption-budget", is_flag=True, help="No PodDisruptionBudget."),
+        click.option(
+            "--cpu",
+            default=defaults.cpu,
+            show_default=True,
+            help="CPU per replica (request and limit; 1, 0.5, 500m); one worker per whole CPU.",
+        ),
+        click.option(
+            "--memory",
+            default=defaults.memory,
+            show_default=True,
+            help="Memory per replica (request and limit; 2Gi, 512Mi).",
+        ),
+        click.option(
+            "--publish",
+            type=click.IntRange(1, 65535),
+            default=defaults.publish,
+            show_default=True,
+            help="compose: the port published on every swarm node.",
+        ),
+        click.option(
+            "--endpoint-mode",
+            type=click.Choice(manifests.ENDPOINT_MODES),
+            default=defaults.endpoint_mode,
+            show_default=True,
+            help="compose: vip (the routing mesh) or dnsrr (no published port, for a load "
+            "balancer of your own, where the kernel has no IPVS).",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _manifest_settings(
+    options: dict[str, Any],
+) -> tuple[tuple[str, ...], manifests.ManifestOptions]:
+    """Take the manifest options out of a command's options: the targets, and how to run."""
+    targets = options.pop("targets") or ("kubernetes",)
+    chosen = manifests.ManifestOptions(
+        name=options.pop("name"),
+        replicas=options.pop("replicas"),
+        max_replicas=options.pop("max_replicas"),
+        cpu_target=options.pop("cpu_target"),
+        autoscale=not options.pop("no_autoscaler"),
+        disruption_budget=not options.pop("no_disruption_budget"),
+        cpu=options.pop("cpu"),
+        memory=options.pop("memory"),
+        publish=options.pop("publish"),
+        endpoint_mode=options.pop("endpoint_mode"),
+    )
+    manifests.check_options(chosen)
+    return targets, chosen
+
+
+def _write_manifests(
+    deployable: manifests.Deployable, targets: tuple[str, ...], output_dir: Path
+) -> None:
+    for written in manifests.write_manifests(deployable, targets, output_dir):
+        _say(f"wrote {written.path} ({written.target}); apply it with: {written.apply}")
+
+
 @cli.command("build")
 @_build_options
 @click.option("-t", "--tag", required=True, help="The image's name and tag, e.g. mymodel:1.")
@@ -182,6 +282,21 @@ def generate_dockerfile(model_uri: str, output_dir: Path, **options: Any) -> Non
 )
 @click.option("--no-cache", is_flag=True, help="Build every layer anew, ignoring the cache.")
 @click.option("-v", "--verbose", is_flag=True, help="Show every line of the build's output.")
+@click.option(
+    "--push",
+    is_flag=True,
+    help="Push the image once it has passed its smoke test, to the registry its tag names, "
+    "with the credentials of your Docker config (docker login).",
+)
+@click.option(
+    "--manifests",
+    "manifests_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="Also write deployment manifests into DIR (see generate-manifests), pinned to the "
+    "pushed digest with --push.",
+)
+@_manifest_options
 @_reports_errors
 def build(
     model_uri: str,
@@ -190,13 +305,74 @@ def build(
     smoke_timeout: float,
     no_cache: bool,
     verbose: bool,
+    push: bool,
+    manifests_dir: Path | None,
     **options: Any,
 ) -> None:
     """Build an image for MODEL through the Docker engine, then smoke-test it."""
-    settings = BuildSettings(tag, not no_smoke_test, smoke_timeout, no_cache, verbose)
+    targets, manifest_options = _manifest_settings(options)
+    settings = BuildSettings(tag, not no_smoke_test, smoke_timeout, no_cache, verbose, push)
     image = build_and_tag(model_uri, _options(**options), settings, _say)
     size = f"{image.size / 1e6:.0f} MB" if image.size is not None else "size unknown"
+    reference = image.pushed.pinned if image.pushed else tag
+    if manifests_dir is not None:
+        engine = serving_engine(image.plan.engine)
+        deployable = manifests.Deployable(reference, engine, image.plan.model, manifest_options)
+        _write_manifests(deployable, targets, manifests_dir)
     click.echo(f"{tag}: {size}; run it with: docker run -p 5000:8080 {tag}")
+    if image.pushed:
+        click.echo(image.pushed.pinned)
+
+
+@cli.command("push")
+@click.argument("tag")
+@_reports_errors
+def push(tag: str) -> None:
+    """Push the local image TAG (REGISTRY/NAME:TAG) with the credentials of your Docker config
+    (docker login, credential helpers, DOCKER_CONFIG); print REGISTRY/NAME@sha256:..., the
+    reference a deployment should pin."""
+    daemon.check_pushable(tag)
+    pushed = daemon.push_image(daemon.connect(), tag, _say)
+    click.echo(pushed.pinned)
+
+
+@cli.command("generate-manifests")
+@_MODEL_OPTION
+@click.option(
+    "--image",
+    required=True,
+    metavar="REF",
+    help="The image to deploy: REGISTRY/NAME:TAG (pinned to its digest when the local Docker "
+    "engine knows one) or REGISTRY/NAME@sha256:...",
+)
+@click.option(
+    "-d",
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("mlimg-manifests"),
+    show_default=True,
+    help="Where to write them (one NAME.TARGET.yaml per target).",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(list(ENGINES)),
+    help="The image's serving engine. Default: its mlimg.engine label, or mlimg.",
+)
+@_manifest_options
+@_reports_errors
+def generate_manifests(
+    model_uri: str,
+    image: str,
+    output_dir: Path,
+    engine: str | None,
+    **options: Any,
+) -> None:
+    """Write ready-to-apply manifests that run the image of MODEL: Kubernetes, KServe, compose."""
+    targets, manifest_options = _manifest_settings(options)
+    with open_model(model_uri) as resolved:
+        model = load_local_model(resolved)
+    deployable = manifests.deployable(model, image, engine, manifest_options, _say)
+    _write_manifests(deployable, targets, output_dir)
 
 
 @contextlib.contextmanager

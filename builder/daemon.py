@@ -1,5 +1,5 @@
 """The one way mlimg talks to the Docker daemon (the Docker engine, not a serving engine):
-connect, build, tag, remove, through the Docker SDK."""
+connect, build, tag, push, inspect, remove, through the Docker SDK."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import docker
+from docker.auth import load_config, resolve_repository_name
 from docker.errors import APIError, DockerException, ImageNotFound
 from docker.utils import parse_repository_tag
 
-from mlimg.errors import BuildFailed, EngineUnavailable, InvalidOption
+from mlimg.errors import BuildFailed, EngineUnavailable, InvalidOption, PushFailed
 
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 # Docker's reference grammar: an optional registry (a host with a dot or a port, or localhost),
@@ -110,14 +111,183 @@ def build_image(
     return BuiltImage(image_id, time.monotonic() - started, steps, cached)
 
 
-def check_tag(tag: str) -> None:
+def check_tag(tag: str, option: str = "--tag") -> None:
     """Refuse a malformed image reference before any work is done, not after the build."""
     repository, version = parse_repository_tag(tag)
     if not _REPOSITORY.match(repository) or (version and not _TAG.match(version)):
         raise InvalidOption(
-            f"--tag {tag!r} is not a valid image reference (lower-case name[:tag], "
+            f"{option} {tag!r} is not a valid image reference (lower-case name[:tag], "
             "e.g. registry.example.com/team/model:1)"
         )
+
+
+def check_pushable(reference: str) -> str:
+    """The registry a reference names, or a refusal: a reference with no registry in it
+    (`mymodel:1`) would go to Docker Hub, which a user who meant their own registry never wants."""
+    check_tag(reference, "image")
+    repository, _ = parse_repository_tag(reference)
+    first = repository.split("/", 1)[0]
+    if "/" not in repository or not ("." in first or ":" in first or first == "localhost"):
+        raise InvalidOption(
+            f"{reference!r} names no registry: tag the image REGISTRY/NAME:TAG (e.g. "
+            f"registry.example.com/team/{repository.rsplit('/', 1)[-1]}:1, or "
+            "docker.io/USER/NAME:TAG for Docker Hub) before pushing it"
+        )
+    return resolve_repository_name(repository)[0]
+
+
+@dataclass(frozen=True)
+class PushedImage:
+    reference: str  # REPOSITORY:TAG, as pushed
+    digest: str  # sha256:..., the registry's digest of the manifest
+
+    @property
+    def pinned(self) -> str:
+        """The reference a deployment should use: REPOSITORY@DIGEST, immune to a moved tag."""
+        return f"{parse_repository_tag(self.reference)[0]}@{self.digest}"
+
+
+def push_image(
+    client: docker.DockerClient, reference: str, report: Callable[[str], None]
+) -> PushedImage:
+    """Push a local image with the credentials the user's Docker config holds (`docker login`,
+    credential helpers, DOCKER_CONFIG), reporting each layer; the local image is never changed."""
+    registry = check_pushable(reference)
+    repository, version = parse_repository_tag(reference)
+    version = version or "latest"
+    reference = f"{repository}:{version}"
+    try:
+        client.images.get(reference)
+    except ImageNotFound:
+        raise InvalidOption(f"no local image {reference}: build or tag it first") from None
+    except DockerException as exc:
+        raise PushFailed(f"cannot read the local image {reference}: {_reason(exc)}") from None
+    progress = _PushProgress(report)
+    digest = None
+    try:
+        for event in client.api.push(repository, version, stream=True, decode=True):
+            if "error" in event:
+                raise PushFailed(_push_failure(reference, registry, str(event["error"])))
+            aux = event.get("aux")
+            if isinstance(aux, dict) and aux.get("Digest"):
+                digest = str(aux["Digest"])
+            progress.update(event)
+    except APIError as exc:
+        raise PushFailed(_push_failure(reference, registry, _reason(exc))) from None
+    except DockerException as exc:
+        raise PushFailed(f"the push of {reference} was interrupted: {_reason(exc)}") from None
+    if digest is None:
+        raise PushFailed(f"the registry {registry} reported no digest for {reference}")
+    report(progress.summary())
+    return PushedImage(reference, digest)
+
+
+class _PushProgress:
+    """One line per layer as it finishes, and one as a large layer starts, since a layer of
+    hundreds of megabytes can take minutes."""
+
+    _LARGE = 20_000_000
+
+    def __init__(self, report: Callable[[str], None]) -> None:
+        self.report = report
+        self.sizes: dict[str, int] = {}
+        self.started: set[str] = set()
+        self.pushed: set[str] = set()
+        self.existing: set[str] = set()
+
+    def update(self, event: dict) -> None:
+        layer, status = event.get("id"), str(event.get("status", ""))
+        if not layer:
+            return
+        total = (event.get("progressDetail") or {}).get("total")
+        if total:
+            self.sizes[layer] = int(total)
+        if status == "Pushing" and layer not in self.started:
+            self.started.add(layer)
+            if self.sizes.get(layer, 0) >= self._LARGE:
+                self.report(f"  pushing layer {layer} ({_megabytes(self.sizes[layer])})")
+        elif status == "Pushed":
+            self.pushed.add(layer)
+            self.report(f"  pushed layer {layer} ({_megabytes(self.sizes.get(layer, 0))})")
+        elif status == "Layer already exists" or status.startswith("Mounted from"):
+            self.existing.add(layer)
+
+    def summary(self) -> str:
+        sent = sum(self.sizes.get(layer, 0) for layer in self.pushed)
+        return (
+            f"pushed {len(self.pushed)} layers ({_megabytes(sent)}); "
+            f"{len(self.existing)} already in the registry"
+        )
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+def _push_failure(reference: str, registry: str, error: str) -> str:
+    error = error.strip().splitlines()[0] if error.strip() else "no reason given"
+    lowered = error.lower()
+    if "no basic auth credentials" in lowered or (
+        ("unauthorized" in lowered or "authentication required" in lowered)
+        and not _has_credentials(registry)
+    ):
+        return (
+            f"the registry {registry} asks for credentials and your Docker config has none for "
+            f"it: run `docker login {registry}` (or set DOCKER_CONFIG to a config that has "
+            f"them), then push again ({error})"
+        )
+    if "unauthorized" in lowered or "authentication required" in lowered:
+        return (
+            f"the registry {registry} refused the credentials your Docker config holds for it: "
+            f"run `docker login {registry}` again ({error})"
+        )
+    if "denied" in lowered:
+        return f"the registry {registry} denied pushing {reference}: {error}"
+    if any(sign in lowered for sign in _UNREACHABLE):
+        return (
+            f"the registry {registry} cannot be reached from the Docker engine ({error}); "
+            "check its address and that the engine's network (or proxy) reaches it"
+        )
+    return f"the push of {reference} to {registry} failed: {error}"
+
+
+_UNREACHABLE = (
+    "connection refused",
+    "no such host",
+    "i/o timeout",
+    "network is unreachable",
+    "dial tcp",
+    "server gave http response to https client",
+    "certificate",
+)
+
+
+def _has_credentials(registry: str) -> bool:
+    """Whether the Docker config (the one the client read: DOCKER_CONFIG or ~/.docker) holds
+    credentials for the registry, in its own entries or through a credential helper."""
+    try:
+        return bool(load_config().resolve_authconfig(registry))
+    except DockerException:
+        return False
+
+
+def image_labels(client: docker.DockerClient, reference: str) -> dict[str, str] | None:
+    """The labels of a local image, or None when there is no such image."""
+    try:
+        return dict(client.images.get(reference).labels or {})
+    except ImageNotFound:
+        return None
+
+
+def repo_digest(client: docker.DockerClient, reference: str) -> str | None:
+    """REPOSITORY@DIGEST for a local image that was pushed to or pulled from the reference's
+    repository, or None when the engine knows no such digest."""
+    repository, _ = parse_repository_tag(reference)
+    try:
+        digests = client.images.get(reference).attrs.get("RepoDigests") or []
+    except DockerException:
+        return None
+    return next((d for d in digests if d.split("@", 1)[0] == repository), None)
 
 
 def tag_image(client: docker.DockerClient, image_id: str, tag: str) -> None:

@@ -40,6 +40,7 @@ class ServingEngine:
     # model's own requirements, which still hold, but a package the model does not name may
     # move (MLServer pins protobuf below the version mlflow-skinny brings on its own).
     resolved_with_model: bool = False
+    v2_protocol: bool = False  # it answers the V2 (Open Inference) protocol beside MLflow's
 
     @property
     def entrypoint(self) -> tuple[str, ...]:
@@ -100,6 +101,7 @@ MLSERVER = ServingEngine(
     ports=(("grpc", contract.MLSERVER_GRPC_PORT), ("metrics", contract.MLSERVER_METRICS_PORT)),
     python_below=(3, 13),  # mlserver 1.7.1 declares Python <3.13
     resolved_with_model=True,
+    v2_protocol=True,
 )
 ENGINES = {engine.name: engine for engine in (MLIMG, MLSERVER)}
 DEFAULT_ENGINE = MLIMG.name

@@ -51,3 +51,7 @@ class BuildFailed(MlimgError):
 
 class SmokeTestFailed(MlimgError):
     """The image was built but does not serve the model."""
+
+
+class PushFailed(MlimgError):
+    """The registry refused the image, or could not be reached."""

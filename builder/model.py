@@ -7,8 +7,9 @@ import os
 import re
 import stat
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -60,6 +61,18 @@ class LocalModel:
     @property
     def name(self) -> str:
         return self.path.name
+
+    @property
+    def display_name(self) -> str:
+        """What a user calls the model: its registered name, else the last part of the URI's
+        path (`model` for runs:/ID/model), never the name of a temporary download."""
+        if self.registered_name:
+            return self.registered_name
+        if self.source is not None:
+            tail = PurePosixPath(urlsplit(self.uri).path).name
+            if tail:
+                return tail
+        return self.name
 
 
 def load_local_model(resolved: ResolvedModel) -> LocalModel:

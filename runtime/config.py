@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlimg_runtime.contract import SETTINGS, TRUE_WORDS, Setting, default
+from mlimg_runtime.contract import SCRATCH_PATH, SETTINGS, TRUE_WORDS, Setting, default
 
 # What one request may cost: its body, and its input once decoded (estimated before decoding).
 # Without a memory limit these; under one, an eighth and a quarter of it (see memory_bounds).
@@ -140,7 +140,7 @@ def _cgroup_quota(root: Path) -> int | None:
         return None
 
 
-TEMP_CANDIDATES = ("/tmp", "/var/tmp", "/dev/shm")
+TEMP_CANDIDATES = (SCRATCH_PATH, "/var/tmp", "/dev/shm")
 
 
 def use_writable_temp_dir() -> str:

@@ -45,7 +45,12 @@ ENDPOINTS = (
         'base64); errors as `{"error_code": ..., "message": ...}`',
     ),
 )
-HEALTH_PATH = "/ping"
+HEALTH_PATH = "/ping"  # ready: 200 once the model is loaded, 503 while it loads
+# alive: 200 from the moment the port answers, while the model loads too (a liveness probe)
+LIVENESS_PATH = "/version"
+# Where the server writes temporary files when it may (an orchestrator's scratch volume);
+# on a read-only root filesystem without one it falls back to /dev/shm.
+SCRATCH_PATH = "/tmp"
 
 
 @dataclass(frozen=True)
