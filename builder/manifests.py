@@ -407,7 +407,8 @@ def compose_file(deployable: Deployable) -> dict[str, Any]:
         "image": deployable.image,
         "environment": contract.environment(workers=deployable.workers),
         "read_only": True,
-        "tmpfs": [contract.SCRATCH_PATH],
+        # The long syntax: `docker stack deploy` ignores the `tmpfs` key, not a tmpfs volume.
+        "volumes": [{"type": "tmpfs", "target": contract.SCRATCH_PATH}],
         "healthcheck": {
             "test": ["CMD", *deployable.engine.healthcheck],
             "interval": "5s",

@@ -20,14 +20,16 @@ def example_requirements() -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def make_sklearn_model(dest: Path, max_iter: int = 500) -> Path:
-    """Iris logistic regression with a column signature and an input example."""
+def make_sklearn_model(dest: Path, max_iter: int = 500, relabel: int = 0) -> Path:
+    """Iris logistic regression with a column signature and an input example; `relabel`
+    shifts the classes it learns (a model with the same requirements and other answers)."""
     import mlflow.sklearn
     from mlflow.models import infer_signature
     from sklearn.datasets import load_iris
     from sklearn.linear_model import LogisticRegression
 
     features, target = load_iris(return_X_y=True, as_frame=True)
+    target = (target + relabel) % 3
     model = LogisticRegression(max_iter=max_iter, random_state=0).fit(features, target)
     mlflow.sklearn.save_model(
         model,

@@ -77,6 +77,14 @@ _CODE = {
                     os.kill(os.getpid(), signal.SIGKILL)
                 return frame["a"] * 2
     """,
+    "unloadable": """
+        class Model(mlflow.pyfunc.PythonModel):
+            def load_context(self, context):
+                raise RuntimeError("this model cannot be loaded")
+
+            def predict(self, context, model_input, params=None):
+                return model_input
+    """,
     "broken": """
         class Model(mlflow.pyfunc.PythonModel):
             def predict(self, context, model_input, params=None):
@@ -143,7 +151,7 @@ def _signature(name: str):
         return ModelSignature(inputs=Schema([TensorSpec(np.dtype("float64"), (-1,))]))
     if name == "words":
         return ModelSignature(inputs=Schema([ColSpec(Array("string"))]))
-    if name in ("broken", "dying"):
+    if name in ("broken", "dying", "unloadable"):
         return ModelSignature(inputs=Schema([ColSpec("double", "a")]))
     if name == "slow":
         return ModelSignature(

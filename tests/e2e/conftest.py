@@ -43,13 +43,15 @@ def docker_client():
         container.remove(force=True)
 
 
-def run_mlimg(*args: str) -> subprocess.CompletedProcess:
-    """Run the real command; its output is echoed so a CI log shows each build."""
+def run_mlimg(*args: str, **env: str) -> subprocess.CompletedProcess:
+    """Run the real command (with `env` added to the environment); its output is echoed so a
+    CI log shows each build."""
     result = subprocess.run(
         [sys.executable, "-m", "mlimg", *args],
         capture_output=True,
         text=True,
         timeout=BUILD_TIMEOUT,
+        env={**os.environ, **env},
     )
     sys.stderr.write(f"$ mlimg {' '.join(args)}\n{result.stderr}{result.stdout}")
     return result
