@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_iris
 
+from mlimg_runtime import contract
 from tests.e2e.conftest import build, serving
 from tests.e2e.test_build import build_retrained, steps_from_cache
 from tests.e2e.test_hardening import wait_healthy
@@ -161,22 +162,24 @@ def test_retrained_model_rebuilds_only_the_model_layers(
 
 
 def test_probes_while_loading(docker_client, mlserver_protocol_images: dict) -> None:
-    """/ping is 503 until the model has loaded (readiness); /v2/health/live answers 200 as
-    soon as the HTTP server is up (liveness)."""
+    """/ping is 503 until the model has loaded (readiness); /v2/health/live and the
+    contract's liveness path answer 200 as soon as the HTTP server is up (liveness)."""
     container = running(docker_client, mlserver_protocol_images["slow"])  # loads in 4 s or more
     try:
         url = base_url(container)
         pings: list[int] = []
         live: list[int] = []
+        alive: list[int] = []
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and 200 not in pings:
             with contextlib.suppress(OSError, ValueError):
                 pings.append(exchange(f"{url}/ping", timeout=2)[0])
                 live.append(exchange(f"{url}/v2/health/live", timeout=2)[0])
+                alive.append(exchange(f"{url}{contract.LIVENESS_PATH}", timeout=2)[0])
             time.sleep(0.2)
         assert 503 in pings and pings[-1] == 200, pings
         first_503 = pings.index(503)
-        assert live[first_503] == 200, (pings, live)
+        assert live[first_503] == 200 and alive[first_503] == 200, (pings, live, alive)
     finally:
         container.remove(force=True)
 

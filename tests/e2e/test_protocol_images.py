@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from mlimg_runtime import contract
 from tests.conformance import CASES, check_answer
 from tests.e2e.conftest import build, serving
 
@@ -96,17 +97,21 @@ def base_url(container) -> str:
 
 
 def test_ping_is_503_while_loading_then_200(docker_client, protocol_images: dict) -> None:
+    """/ping is 503 while the model loads (readiness), /version 200 from the start (the
+    liveness probe of the generated manifests)."""
     container = running(docker_client, protocol_images["slow"])  # loads in 4s or more
     try:
         url = base_url(container)
-        seen = []
+        seen, live = [], []
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and 200 not in seen:
             with contextlib.suppress(OSError, ValueError):
                 seen.append(exchange(f"{url}/ping", timeout=2)[0])
+                live.append(exchange(f"{url}{contract.LIVENESS_PATH}", timeout=2)[0])
             time.sleep(0.2)
         assert 503 in seen and seen[-1] == 200, seen
         assert seen.index(503) < seen.index(200)
+        assert live[seen.index(503)] == 200, (seen, live)
     finally:
         container.remove(force=True)
 
