@@ -166,20 +166,23 @@ def test_rolling_update_without_a_failed_request_then_an_automatic_rollback(
 
         with Traffic(url, body) as traffic:
             time.sleep(2)
+            started = time.monotonic()
             deploy(STACK, files["v2"], balancer)
             wait_for(lambda: update_state(docker_client, service) == "completed", 400, "the update")
+            update_seconds = time.monotonic() - started
             time.sleep(3)
         by_version = collections.Counter(
             answers.get(o, "other") for o in traffic.outcomes.elements()
         )
         failed = {o: n for o, n in traffic.outcomes.items() if o not in answers}
-        print(f"update: {traffic.total} requests, {dict(by_version)}")
+        print(f"update: {update_seconds:.0f}s, {traffic.total} requests, {dict(by_version)}")
         assert not failed, failed
         assert by_version["v1"] > 0 and by_version["v2"] > 0
         assert running_images(docker_client, service) == [V2_TAG] * REPLICAS
 
         with Traffic(url, body) as traffic:
             time.sleep(2)
+            started = time.monotonic()
             deploy(STACK, files["unloadable"], balancer)
             wait_for(
                 lambda: (
@@ -189,9 +192,12 @@ def test_rolling_update_without_a_failed_request_then_an_automatic_rollback(
                 400,
                 "the failed update to end",
             )
+            rollback_seconds = time.monotonic() - started
             time.sleep(3)
         assert update_state(docker_client, service) == "rollback_completed"
-        print(f"rollback: {traffic.total} requests, {dict(traffic.outcomes)}")
+        print(
+            f"rollback: {rollback_seconds:.0f}s, {traffic.total} requests, {dict(traffic.outcomes)}"
+        )
         assert dict(traffic.outcomes) == {(200, expected["v2"]): traffic.total}
         assert traffic.total > 0
         assert running_images(docker_client, service) == [V2_TAG] * REPLICAS
