@@ -460,7 +460,7 @@ def deployable(
 ) -> Deployable:
     """The image to deploy, pinned by the digest the Docker engine knows for it (if it has
     been pushed or pulled), served by the engine it was built with (its `mlimg.engine` label,
-    when the image is at hand)."""
+    when the image is at hand), and refused if its labels name another model than `model`."""
     check_options(options)
     check_reference(image)
     labels = None
@@ -474,7 +474,15 @@ def deployable(
             pinned = daemon.repo_digest(client, image)
             if pinned:
                 image = pinned
-    built_with = (labels or {}).get("mlimg.engine")
+    labels = labels or {}
+    holds = labels.get("mlimg.model.uuid")
+    if holds and model.model_uuid and holds != model.model_uuid:
+        raise InvalidOption(
+            f"the image {image} holds another model (uuid {holds}, from "
+            f"{labels.get('mlimg.model.uri', 'an unknown URI')}) than {model.uri} (uuid "
+            f"{model.model_uuid}): the manifests' labels would describe the wrong model"
+        )
+    built_with = labels.get("mlimg.engine")
     if engine is not None and built_with is not None and engine != built_with:
         raise InvalidOption(
             f"the image {image} was built for the {built_with} engine, not {engine}: drop "

@@ -90,3 +90,22 @@ def test_the_image_runs_under_its_deployments_settings(
         grace = pod["terminationGracePeriodSeconds"]
         running.stop(timeout=grace)  # SIGTERM, then SIGKILL after the grace period
         assert running.wait(timeout=grace + 10)["StatusCode"] == 0  # it drained and exited
+
+
+def test_manifests_refuse_an_image_of_another_model_or_engine(
+    iris_image: str, sklearn_model: Path, pyfunc_model: Path, tmp_path: Path
+) -> None:
+    """The image's labels, read from the engine, must agree with -m and --engine."""
+    out = tmp_path / "out"
+    other = run_mlimg(
+        "generate-manifests", "-m", str(pyfunc_model), "--image", iris_image, "-d", str(out)
+    )
+    assert other.returncode == 2 and "holds another model" in other.stderr
+    engine = run_mlimg(
+        "generate-manifests", "-m", str(sklearn_model), "--image", iris_image, "-d", str(out),
+        "--engine", "mlserver",
+    )  # fmt: skip
+    assert (
+        engine.returncode == 2 and "was built for the mlimg engine, not mlserver" in engine.stderr
+    )
+    assert not out.exists()

@@ -1,0 +1,70 @@
+"""The Docker SDK module's logic that needs no engine: which references may be pushed, the
+pinned reference, the push report, and the message for each push failure."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlimg import daemon
+from mlimg.errors import InvalidOption
+
+
+@pytest.mark.parametrize(
+    ("reference", "registry"),
+    [
+        ("127.0.0.1:5000/team/iris:1", "127.0.0.1:5000"),
+        ("registry.example.com/iris", "registry.example.com"),
+        ("localhost/iris:2", "localhost"),
+        ("docker.io/someone/iris:1", "docker.io"),
+    ],
+)
+def test_references_that_name_a_registry_may_be_pushed(reference: str, registry: str) -> None:
+    assert daemon.check_pushable(reference) == registry
+
+
+@pytest.mark.parametrize("reference", ["iris:1", "team/iris:1", "iris"])
+def test_a_reference_without_a_registry_is_refused(reference: str) -> None:
+    with pytest.raises(InvalidOption, match="names no registry"):
+        daemon.check_pushable(reference)
+
+
+def test_the_pinned_reference_drops_the_tag_for_the_digest() -> None:
+    pushed = daemon.PushedImage("127.0.0.1:5000/team/iris:1", "sha256:" + "0" * 64)
+    assert pushed.pinned == "127.0.0.1:5000/team/iris@sha256:" + "0" * 64
+
+
+def test_the_push_report_names_each_layer_and_sums_up() -> None:
+    lines: list[str] = []
+    progress = daemon._PushProgress(lines.append)
+    big = 50_000_000
+    for event in (
+        {"status": "Preparing", "id": "a"},
+        {"status": "Pushing", "id": "a", "progressDetail": {"current": 1, "total": big}},
+        {"status": "Pushed", "id": "a"},
+        {"status": "Layer already exists", "id": "b"},
+        {"status": "Pushing", "id": "c", "progressDetail": {"current": 1, "total": 1000}},
+        {"status": "Pushed", "id": "c"},
+    ):
+        progress.update(event)
+    assert lines == [
+        "  pushing layer a (50.0 MB)",
+        "  pushed layer a (50.0 MB)",
+        "  pushed layer c (0.0 MB)",
+    ]
+    assert progress.summary() == "pushed 2 layers (50.0 MB); 1 already in the registry"
+
+
+@pytest.mark.parametrize(
+    ("error", "says"),
+    [
+        ("no basic auth credentials", "asks for credentials and your Docker config has none"),
+        (
+            'Get "http://r:5/v2/": dial tcp 127.0.0.1:5: connect: connection refused',
+            "cannot be reached",
+        ),
+        ("denied: requested access to the resource is denied", "denied pushing"),
+        ("something new", "failed: something new"),
+    ],
+)
+def test_each_push_failure_has_its_message(error: str, says: str) -> None:
+    assert says in daemon._push_failure("r:5/iris:1", "r:5", error)
