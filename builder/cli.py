@@ -13,14 +13,15 @@ from typing import Any
 import click
 
 import mlimg
-from mlimg import daemon, envs, manifests
+from mlimg import daemon, envs, manifests, spark
 from mlimg import host as host_runtime
 from mlimg.build import BuildSettings, build_and_tag, write_context
 from mlimg.engines import DEFAULT_ENGINE, ENGINES, serving_engine
 from mlimg.envmanagers import DEFAULT_ENV_MANAGER, ENV_MANAGERS
-from mlimg.errors import MlimgError
+from mlimg.errors import InvalidOption, MlimgError
 from mlimg.model import LocalModel, load_local_model
 from mlimg.plan import BuildOptions
+from mlimg.spark import SparkJob
 from mlimg.uris import open_model
 
 
@@ -432,52 +433,146 @@ def serve(
         host_runtime.serve(serving_engine(engine), env, model.path, host, port, workers, timeout)
 
 
+def _spark_conf(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for value in values:
+        key, sep, setting = value.partition("=")
+        if not sep or not key.strip():
+            raise InvalidOption(f"--conf {value!r}: write it KEY=VALUE")
+        pairs.append((key.strip(), setting))
+    return tuple(pairs)
+
+
 @cli.command("predict")
 @_MODEL_OPTION
 @click.option(
     "-i",
     "--input-path",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="A CSV or JSON file. Default: standard input.",
+    metavar="INPUT",
+    help="A CSV or JSON file (default: standard input). With --runner spark: Parquet or CSV "
+    "files, a directory or a glob of them, or a URI Spark reads.",
 )
 @click.option(
     "-o",
     "--output-path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Where predictions go: CSV if the name ends in .csv, else JSON. Default: standard output.",
+    type=click.Path(path_type=Path),
+    help="Where predictions go: CSV if the name ends in .csv, else JSON (default: standard "
+    "output). With --runner spark: a directory, written whole or not at all.",
 )
 @click.option(
     "-t",
     "--content-type",
-    type=click.Choice(("csv", "json")),
-    help="The input's format. Default: csv for a .csv file, else json.",
+    type=click.Choice(("csv", "json", "parquet")),
+    help="The input's format. Default: csv for a .csv input, else json (spark: else parquet).",
 )
 @click.option(
     "--chunk-rows",
     type=click.IntRange(min=1),
     default=10_000,
     show_default=True,
-    help="CSV rows read and predicted at a time: what bounds memory on large inputs.",
+    help="Rows read and predicted at a time: what bounds memory on large inputs (spark: rows "
+    "per Arrow batch).",
 )
 @_HOST_ENV_MANAGER
+@click.option(
+    "--runner",
+    type=click.Choice(("local", "spark")),
+    default="local",
+    show_default=True,
+    help="local: one process on this machine; spark: a Spark job (needs mlimg[spark] and Java).",
+)
+@click.option(
+    "--master",
+    default="local[*]",
+    show_default=True,
+    help="spark: the Spark master URL (local[N], spark://HOST:PORT, yarn, k8s://...).",
+)
+@click.option(
+    "--conf",
+    "spark_conf",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="spark: a Spark setting, repeated for more (spark.executor.memory=4g).",
+)
+@click.option(
+    "--keep-columns",
+    metavar="COLUMNS",
+    help="spark: input columns (comma-separated) written beside the predictions, e.g. keys.",
+)
+@click.option(
+    "--output-format",
+    type=click.Choice(("parquet", "csv")),
+    default="parquet",
+    show_default=True,
+    help="spark: how the output directory is written.",
+)
 @_reports_errors
 def predict(
     model_uri: str,
-    input_path: Path | None,
+    input_path: str | None,
     output_path: Path | None,
     content_type: str | None,
     chunk_rows: int,
     env_manager: str,
+    runner: str,
+    master: str,
+    spark_conf: tuple[str, ...],
+    keep_columns: str | None,
+    output_format: str,
 ) -> None:
-    """Predict on a file with MODEL (batch inference), in the model's environment."""
+    """Predict on files with MODEL (batch inference), in the model's environment."""
+    if runner == "spark":
+        _predict_on_spark(
+            model_uri, input_path, output_path, content_type, env_manager,
+            SparkJob(
+                inputs=(input_path,) if input_path else (),
+                output=output_path or Path(),
+                input_format=content_type,
+                output_format=output_format,
+                master=master,
+                conf=_spark_conf(spark_conf),
+                keep_columns=tuple(c.strip() for c in (keep_columns or "").split(",") if c.strip()),
+                batch_rows=chunk_rows,
+            ),
+        )  # fmt: skip
+        return
+    source = None
+    if input_path is not None:
+        source = Path(input_path)
+        if not source.is_file():
+            raise click.BadParameter(f"{input_path!r} is not a file", param_hint="'-i'")
     if content_type is None:
-        content_type = "csv" if input_path and input_path.suffix.lower() == ".csv" else "json"
+        content_type = "csv" if source and source.suffix.lower() == ".csv" else "json"
+    if content_type == "parquet":
+        raise click.BadParameter("parquet input needs --runner spark", param_hint="'-t'")
     with _model_environment(model_uri, env_manager) as (model, env):
-        code = host_runtime.predict(
-            env, model.path, input_path, output_path, content_type, chunk_rows
-        )
+        code = host_runtime.predict(env, model.path, source, output_path, content_type, chunk_rows)
     if code != 0:
         sys.exit(code)
+
+
+def _predict_on_spark(
+    model_uri: str,
+    input_path: str | None,
+    output_path: Path | None,
+    content_type: str | None,
+    env_manager: str,
+    job: SparkJob,
+) -> None:
+    if input_path is None or output_path is None:
+        raise InvalidOption("--runner spark reads -i INPUT and writes -o OUTPUT (a directory)")
+    if content_type == "json":
+        raise InvalidOption("--runner spark reads Parquet or CSV, not JSON")
+    spark.check_pyspark()
+    spark.check_java()
+    spark.check_inputs(job)
+    with _model_environment(model_uri, env_manager) as (model, env):
+        summary = spark.run(job, model, env, _say)
+    rate = summary.rows / summary.seconds if summary.seconds else 0.0
+    _say(
+        f"wrote {summary.rows:,} rows to {summary.output} in {summary.seconds:.1f}s "
+        f"({rate:,.0f} rows/s)"
+    )
 
 
 def main() -> None:

@@ -77,6 +77,14 @@ _CODE = {
                     os.kill(os.getpid(), signal.SIGKILL)
                 return frame["a"] * 2
     """,
+    "picky": """
+        class Model(mlflow.pyfunc.PythonModel):
+            def predict(self, context, model_input, params=None):
+                frame = pd.DataFrame(model_input)
+                if (frame["a"] < 0).any():
+                    raise ValueError("a must not be negative")
+                return frame["a"] * 2
+    """,
     "unloadable": """
         class Model(mlflow.pyfunc.PythonModel):
             def load_context(self, context):
@@ -151,7 +159,7 @@ def _signature(name: str):
         return ModelSignature(inputs=Schema([TensorSpec(np.dtype("float64"), (-1,))]))
     if name == "words":
         return ModelSignature(inputs=Schema([ColSpec(Array("string"))]))
-    if name in ("broken", "dying", "unloadable"):
+    if name in ("broken", "dying", "unloadable", "picky"):
         return ModelSignature(inputs=Schema([ColSpec("double", "a")]))
     if name == "slow":
         return ModelSignature(

@@ -1,0 +1,351 @@
+"""`mlimg predict --runner spark`: batch inference on Spark, local (`local[*]`) or on a cluster.
+
+The driver runs here, in mlimg's own Python (which then needs `mlimg[spark]`); the model runs
+in Spark's Python workers, in the model's environment (the same cached one `serve` and
+`predict` use), through `mlimg_runtime.spark` (shipped with the job). On a local master the
+workers use that environment's interpreter in place; on any other master it is packed once
+(venv-pack), cached beside the environment, and shipped with the job (`spark.archives`), as
+PySpark's documentation recommends, with the model directory beside it.
+
+The output is written by Spark to a hidden directory beside the output path, then renamed into
+place: a failed or interrupted job leaves nothing where the output should be.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib.resources import as_file, files
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from mlimg.envs import ModelEnvironment
+from mlimg.errors import InvalidOption, MlimgError
+from mlimg.model import LocalModel
+
+FORMATS = ("parquet", "csv")
+_SUCCESS = "_SUCCESS"  # what Spark writes into a completed output directory
+_ENV_ARCHIVE = "environment"  # where executors unpack the model's environment
+_MODEL_ARCHIVE = "model"  # where executors unpack the model
+
+
+class SparkJobFailed(MlimgError):
+    """The Spark job failed: a row the model refused, an executor lost for good, bad input."""
+
+
+@dataclass(frozen=True)
+class SparkJob:
+    inputs: tuple[str, ...]  # files, directories or globs, local or URIs Spark reads
+    output: Path
+    input_format: str | None = None  # parquet or csv; None: from the inputs' names
+    output_format: str = "parquet"
+    master: str = "local[*]"
+    conf: tuple[tuple[str, str], ...] = ()
+    keep_columns: tuple[str, ...] = ()
+    batch_rows: int = 10_000
+
+
+@dataclass(frozen=True)
+class SparkSummary:
+    rows: int
+    seconds: float
+    output: Path
+
+
+def check_pyspark() -> None:
+    try:
+        import pyspark  # noqa: F401
+    except ImportError:
+        raise InvalidOption(
+            "--runner spark needs pyspark in mlimg's own Python: pip install 'mlimg[spark]'"
+        ) from None
+
+
+def check_java() -> None:
+    home = os.environ.get("JAVA_HOME")
+    java = Path(home) / "bin" / "java" if home else shutil.which("java")
+    if not java or not Path(java).exists():
+        raise InvalidOption(
+            "--runner spark needs Java (17 or 21) for Spark: install a JDK, or point JAVA_HOME "
+            "at one"
+        )
+
+
+def input_format(job: SparkJob) -> str:
+    if job.input_format is not None:
+        return job.input_format
+    suffixes = {Path(urlsplit(path).path.rstrip("/")).suffix.lower() for path in job.inputs}
+    if suffixes == {".csv"}:
+        return "csv"
+    return "parquet"
+
+
+def check_inputs(job: SparkJob) -> None:
+    """Local inputs must exist before Spark starts (its own message is a Java stack)."""
+    for path in job.inputs:
+        scheme = urlsplit(path).scheme
+        if scheme in ("", "file") and not glob.glob(urlsplit(path).path if scheme else path):
+            raise InvalidOption(f"-i {path}: no such file, directory or match")
+
+
+def run(
+    job: SparkJob, model: LocalModel, env: ModelEnvironment, report: Callable[[str], None]
+) -> SparkSummary:
+    check_pyspark()
+    check_java()
+    check_inputs(job)
+    _check_python(env)
+    output = job.output.resolve()
+    _check_output(output)
+    started = time.monotonic()
+    local = job.master.startswith("local")
+    with _runtime_zip() as runtime_zip, _session(job, model, env, local, report) as spark:
+        spark.sparkContext.addPyFile(str(runtime_zip))
+        if not local:
+            spark.sparkContext.addArchive(f"{_model_zip(model)}#{_MODEL_ARCHIVE}")
+        model_ref = str(model.path) if local else f"archive:{_MODEL_ARCHIVE}"
+        rows = _predict(spark, job, model_ref, output, report)
+    return SparkSummary(rows, time.monotonic() - started, output)
+
+
+def _predict(spark, job: SparkJob, model_ref: str, output: Path, report) -> int:  # type: ignore[no-untyped-def]
+    import pyarrow as pa
+    from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    from mlimg_runtime.spark import ROW_ID, output_schema_probe, predict_batches
+
+    fmt = input_format(job)
+    reader = spark.read.option("header", True) if fmt == "csv" else spark.read
+    loaded: list = []
+    _run_action(lambda: loaded.append(reader.format(fmt).load(list(job.inputs))), None)
+    frame = loaded[0]
+    missing = [name for name in job.keep_columns if name not in frame.columns]
+    if missing:
+        raise InvalidOption(f"--keep-columns: the input has no column {', '.join(missing)}")
+    frame = frame.withColumn(ROW_ID, F.monotonically_increasing_id())
+    keep = list(job.keep_columns)
+    csv = fmt == "csv"
+    probe = frame.limit(16).mapInPandas(output_schema_probe(model_ref, keep, csv), "schema binary")
+    first = _collect(probe, frame)
+    if not first:
+        raise InvalidOption("the input holds no rows")
+    schema = from_arrow_schema(pa.ipc.read_schema(pa.py_buffer(first[0]["schema"])))
+    predictions = frame.mapInPandas(predict_batches(model_ref, keep, csv), schema)
+    # Not hidden: Spark would not read a directory whose name starts with "." or "_" back.
+    staging = output.parent / f"{output.name}.mlimg-partial-{secrets.token_hex(4)}"
+    try:
+        writer = predictions.write.mode("error")
+        if job.output_format == "csv":
+            writer = writer.option("header", True)
+        _run_action(lambda: writer.format(job.output_format).save(str(staging)), frame)
+        rows = spark.read.format(job.output_format).option("header", True).load(str(staging))
+        count = rows.count()
+        _publish(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return count
+
+
+def _collect(probe, frame) -> list:  # type: ignore[no-untyped-def]
+    result: list = []
+    _run_action(lambda: result.extend(probe.collect()), frame)
+    return result
+
+
+def _run_action(action: Callable[[], object], frame) -> None:  # type: ignore[no-untyped-def]
+    """Run a Spark action; a failure becomes one message (the refused row's position in the
+    input, when the model refused one), not a Java stack."""
+    from mlimg_runtime.spark import ROW_ERROR
+
+    try:
+        action()
+    except Exception as exc:  # py4j's and pyspark's errors share no useful base
+        text = str(exc)
+        if ROW_ERROR in text and frame is not None:
+            row_id, message = _row_error(text, ROW_ERROR)
+            where = _position(frame, row_id) if row_id >= 0 else "a batch"
+            raise SparkJobFailed(f"the model refused {where}: {message}") from None
+        message = f"the Spark job failed: {_first_line(text)}"
+        if "TIMESTAMP(NANOS" in text:
+            message += (
+                "; Spark reads no nanosecond timestamps: write the Parquet with microseconds "
+                "(pandas: to_parquet(..., coerce_timestamps='us'))"
+            )
+        raise SparkJobFailed(message) from None
+
+
+def _row_error(text: str, marker: str) -> tuple[int, str]:
+    rest = text[text.index(marker) + len(marker) + 1 :]
+    row_id, _, message = rest.partition(":")
+    message = message.splitlines()[0].strip()
+    return int(row_id), message.removeprefix("the model refused the input: ")
+
+
+def _position(frame, row_id: int) -> str:  # type: ignore[no-untyped-def]
+    """Where a row is in the input: its file, and its place in that file (from 0).
+
+    Spark packs files into partitions largest first, so a position across files would mean
+    nothing to the user; within one file, rows keep their order in the ids Spark gave them
+    (monotonically_increasing_id). One more pass over the input, on failure only."""
+    from pyspark.sql import functions as F
+
+    from mlimg_runtime.spark import ROW_ID
+
+    located = frame.select(ROW_ID, F.input_file_name().alias("file"))
+    found = located.filter(F.col(ROW_ID) == row_id).select("file").first()
+    if found is None:
+        return "a row of the input"
+    before = located.filter((F.col("file") == found["file"]) & (F.col(ROW_ID) < row_id)).count()
+    return f"row {before} (from 0) of {found['file']}"
+
+
+def _first_line(text: str) -> str:
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(("Traceback", "File ", "at ")):
+            return line[:500]
+    return "no reason given"
+
+
+def _check_python(env: ModelEnvironment) -> None:
+    found = subprocess.run(
+        [str(env.python), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    here = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    if found != here:
+        raise InvalidOption(
+            f"Spark runs the driver and the model on one Python minor version: the model's "
+            f"environment has Python {found or 'unknown'}, mlimg runs on {here}; run mlimg "
+            f"from a Python {found} installation"
+        )
+
+
+def _check_output(output: Path) -> None:
+    if not output.parent.is_dir():
+        raise InvalidOption(f"-o {output}: the directory {output.parent} does not exist")
+    if output.exists() and not (output / _SUCCESS).exists():
+        raise InvalidOption(
+            f"-o {output} exists and is not the output of an earlier job: choose another path"
+        )
+
+
+def _publish(staging: Path, output: Path) -> None:
+    """Put the new output in place; an earlier job's output there is replaced."""
+    old = None
+    if output.exists():
+        old = output.parent / f".{output.name}.mlimg-old-{secrets.token_hex(4)}"
+        output.rename(old)
+    staging.rename(output)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _session(job: SparkJob, model: LocalModel, env: ModelEnvironment, local: bool, report):  # type: ignore[no-untyped-def]
+    from pyspark.sql import SparkSession
+
+    conf = {
+        "spark.app.name": f"mlimg predict {model.display_name}",
+        "spark.master": job.master,
+        "spark.pyspark.driver.python": sys.executable,
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(job.batch_rows),
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": str(sys.stderr.isatty()).lower(),
+        # mlimg reports a failure itself, in one line; Spark's own log of it is Java stacks
+        # (--conf spark.log.level=WARN brings them back).
+        "spark.log.level": "OFF",
+    }
+    # The workers' interpreter: a session started from Python reads PYSPARK_PYTHON (the
+    # spark.pyspark.python setting is spark-submit's).
+    variables = {"PYSPARK_PYTHON": str(env.python)}
+    if local or _on_loopback(job.master):
+        # Everything on this machine: the driver listens on 127.0.0.1 only.
+        variables["SPARK_LOCAL_IP"] = "127.0.0.1"
+        conf |= {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"}
+    if not local:
+        archive = _packed_environment(env, report)
+        conf["spark.archives"] = f"{archive}#{_ENV_ARCHIVE}"
+        variables["PYSPARK_PYTHON"] = f"./{_ENV_ARCHIVE}/bin/python"
+    conf |= dict(job.conf)
+    builder = SparkSession.builder
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    report(f"starting Spark ({job.master})")
+    with _environment_variables(variables):
+        spark = builder.getOrCreate()
+        try:
+            yield spark
+        finally:
+            spark.stop()
+
+
+def _on_loopback(master: str) -> bool:
+    host = urlsplit(master).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+@contextlib.contextmanager
+def _environment_variables(values: dict[str, str]) -> Iterator[None]:
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _packed_environment(env: ModelEnvironment, report: Callable[[str], None]) -> Path:
+    """The model's environment as a tar.gz for executors, packed once and kept beside it."""
+    if env.path is None:
+        raise InvalidOption(
+            "--env-manager local cannot be shipped to a cluster: use uv or virtualenv"
+        )
+    archive = env.path.with_name(env.path.name + ".venv.tar.gz")
+    if not archive.exists():
+        report(f"packing the model's environment for the executors into {archive}")
+        partial = archive.with_name(f".{archive.name}.{secrets.token_hex(4)}")
+        try:
+            import venv_pack
+
+            venv_pack.pack(prefix=str(env.path), output=str(partial), format="tar.gz")
+            partial.rename(archive)
+        finally:
+            partial.unlink(missing_ok=True)
+    return archive
+
+
+def _model_zip(model: LocalModel) -> Path:
+    target = Path(tempfile.mkdtemp(prefix="mlimg-spark-model-")) / "model.zip"
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(model.path.rglob("*")):
+            if path.is_file():
+                archive.write(path, path.relative_to(model.path))
+    return target
+
+
+@contextlib.contextmanager
+def _runtime_zip() -> Iterator[Path]:
+    """mlimg_runtime as a zip for the executors' Python path."""
+    with tempfile.TemporaryDirectory(prefix="mlimg-spark-") as tmp:
+        target = Path(tmp) / "mlimg_runtime.zip"
+        with as_file(files("mlimg_runtime")) as source, zipfile.ZipFile(target, "w") as archive:
+            for path in sorted(Path(source).rglob("*.py")):
+                archive.write(path, Path("mlimg_runtime") / path.relative_to(source))
+        yield target

@@ -1,0 +1,195 @@
+"""`mlimg predict --runner spark` on `local[2]` and on a standalone cluster on 127.0.0.1: the
+same predictions as `mlimg predict` on the same rows, Parquet and CSV in and out, the input's
+key columns kept, a refused row named by its position with nothing written, and the clear
+refusals (missing input, no pyspark, no Java) before Spark starts."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mlimg import spark
+from mlimg.errors import InvalidOption
+from tests.protocol_models import make_protocol_model
+from tests.spark.conftest import run_predict
+
+
+def mlimg_predict(model: Path, csv: Path, out: Path, cache: Path) -> pd.DataFrame:
+    """The single-process `mlimg predict` on the same rows, as the reference."""
+    env = {**os.environ, "MLIMG_CACHE_DIR": str(cache)}
+    command = [sys.executable, "-m", "mlimg", "predict", "-m", str(model), "-i", str(csv)]
+    result = subprocess.run(
+        [*command, "-o", str(out)], capture_output=True, text=True, env=env, timeout=900
+    )
+    assert result.returncode == 0, result.stderr
+    return pd.read_csv(out)
+
+
+def read_output(path: Path, fmt: str = "parquet") -> pd.DataFrame:
+    assert (path / "_SUCCESS").is_file()
+    if fmt == "csv":
+        frame = pd.concat(pd.read_csv(part) for part in sorted(path.glob("part-*.csv")))
+    else:
+        frame = pd.read_parquet(path)
+    return frame.sort_values("id").reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def iris_rows(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
+    """600 iris rows with an id column, as two Parquet files and two CSV files."""
+    from sklearn.datasets import load_iris
+
+    directory = tmp_path_factory.mktemp("iris-rows")
+    features = pd.concat([load_iris(as_frame=True).data] * 4, ignore_index=True)
+    features.insert(0, "id", range(len(features)))
+    for index, part in enumerate((features.iloc[:250], features.iloc[250:])):
+        part.to_parquet(directory / f"part{index}.parquet", index=False)
+        part.to_csv(directory / f"part{index}.csv", index=False)
+    features.to_csv(directory / "all.csv", index=False)
+    return directory, features
+
+
+def test_local_parquet_directory_equals_mlimg_predict(
+    sklearn_model: Path, iris_rows, spark_cache: Path, spark_home: Path, tmp_path: Path
+) -> None:
+    directory, features = iris_rows
+    expected = mlimg_predict(
+        sklearn_model, directory / "all.csv", tmp_path / "ref.csv", spark_cache
+    )
+    out = tmp_path / "out"
+    result = run_predict(
+        "-m", str(sklearn_model), "-i", str(directory / "*.parquet"), "-o", str(out),
+        "--master", "local[2]", "--keep-columns", "id", "--chunk-rows", "100", cache=spark_cache,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "wrote 600 rows to" in result.stderr and "rows/s)" in result.stderr
+    got = read_output(out)
+    assert list(got.columns) == ["id", "prediction"]
+    assert got["id"].tolist() == features["id"].tolist()
+    assert got["prediction"].tolist() == expected["prediction"].tolist()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "ref.csv"]  # no staging left
+
+
+def test_csv_in_and_out_on_a_standalone_cluster(
+    sklearn_model: Path, iris_rows, spark_cache: Path, spark_cluster: str, tmp_path: Path
+) -> None:
+    """The model's environment packed once and shipped with the job, the model beside it."""
+    directory, _ = iris_rows
+    expected = mlimg_predict(
+        sklearn_model, directory / "all.csv", tmp_path / "ref.csv", spark_cache
+    )
+    out = tmp_path / "out"
+    result = run_predict(
+        "-m", str(sklearn_model), "-i", str(directory / "part*.csv"), "-o", str(out),
+        "--master", spark_cluster, "--keep-columns", "id", "--output-format", "csv",
+        cache=spark_cache,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert list(spark_cache.glob("envs/*.venv.tar.gz")), "the environment was not packed"
+    got = read_output(out, "csv")
+    assert got["prediction"].tolist() == expected["prediction"].tolist()
+
+
+def test_typed_columns_decode_as_the_server_decodes_them(
+    spark_cache: Path, spark_home: Path, tmp_path: Path
+) -> None:
+    """Binary and datetime columns: Parquet's own types on Spark, base64 and ISO 8601 text in
+    the reference's CSV; the model sees the same values either way."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = make_protocol_model("typed", tmp_path / "typed")
+    raw = [b"alpha", b"\xfe\xffbinary", b"gamma"]  # not UTF-8 (no NUL: the CSV reference)
+    times = pd.to_datetime(
+        ["2024-03-01 04:59:59.5", "1999-12-31 23:00:00", "2030-01-01"], format="ISO8601"
+    )
+    frame = pd.DataFrame({"id": [0, 1, 2], "a": [1, 2, 3], "b": raw, "c": times})
+    frame.to_parquet(tmp_path / "nanos.parquet", index=False)  # pandas' default: ns
+    frame.to_parquet(tmp_path / "typed.parquet", index=False, coerce_timestamps="us")
+    text = frame.assign(
+        b=[base64.b64encode(v).decode() for v in raw], c=[t.isoformat() for t in times]
+    ).drop(columns="id")
+    text.to_csv(tmp_path / "typed.csv", index=False)
+    expected = mlimg_predict(model, tmp_path / "typed.csv", tmp_path / "ref.csv", spark_cache)
+    out = tmp_path / "out"
+    nanos = run_predict(
+        "-m", str(model), "-i", str(tmp_path / "nanos.parquet"), "-o", str(out),
+        "--master", "local[2]", cache=spark_cache,
+    )  # fmt: skip
+    assert nanos.returncode == 1 and "Traceback" not in nanos.stderr
+    assert "write the Parquet with microseconds" in nanos.stderr and not out.exists()
+    result = run_predict(
+        "-m", str(model), "-i", str(tmp_path / "typed.parquet"), "-o", str(out),
+        "--master", "local[2]", "--keep-columns", "id", cache=spark_cache,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    got = read_output(out)
+    for column in ("a", "b", "c"):
+        assert got[column].tolist() == expected[column].tolist(), column
+    assert got["b"].tolist()[0] == "bytes:alpha"
+
+
+def test_a_refused_row_is_named_by_position_and_nothing_is_written(
+    spark_cache: Path, spark_home: Path, tmp_path: Path
+) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = make_protocol_model("picky", tmp_path / "picky")
+    values = [float(i) for i in range(3000)]
+    values[2345] = -1.0
+    frame = pd.DataFrame({"a": values})
+    frame.iloc[:1000].to_parquet(tmp_path / "in-0.parquet", index=False)
+    frame.iloc[1000:].to_parquet(tmp_path / "in-1.parquet", index=False)
+    out = tmp_path / "out"
+    result = run_predict(
+        "-m", str(model), "-i", str(tmp_path / "in-*.parquet"), "-o", str(out),
+        "--master", "local[2]", "--chunk-rows", "500", cache=spark_cache,
+    )  # fmt: skip
+    assert result.returncode == 1
+    # The row's place in its own file: Spark reads the larger file first, so a count over the
+    # whole input would not be the user's.
+    where = f"row 1345 (from 0) of file://{tmp_path / 'in-1.parquet'}"
+    assert f"mlimg: error: the model refused {where}: ValueError: a must not be " in result.stderr
+    assert "Traceback" not in result.stderr and "\tat " not in result.stderr
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if "mlimg-partial" in p.name]
+
+
+def test_missing_input_and_bad_options_fail_before_spark_starts(
+    sklearn_model: Path, spark_cache: Path, spark_home: Path, tmp_path: Path
+) -> None:
+    missing = run_predict(
+        "-m", str(sklearn_model), "-i", str(tmp_path / "nothing*.parquet"), "-o",
+        str(tmp_path / "out"), cache=spark_cache, timeout=120,
+    )  # fmt: skip
+    assert missing.returncode == 2 and "no such file, directory or match" in missing.stderr
+    assert "starting Spark" not in missing.stderr
+    conf = run_predict(
+        "-m", str(sklearn_model), "-i", str(tmp_path), "-o", str(tmp_path / "out"),
+        "--conf", "spark.executor.memory", cache=spark_cache, timeout=120,
+    )  # fmt: skip
+    assert conf.returncode == 2 and "write it KEY=VALUE" in conf.stderr
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "precious.txt").write_text("keep me")
+    taken = run_predict(
+        "-m", str(sklearn_model), "-i", str(tmp_path), "-o", str(tmp_path / "taken"),
+        cache=spark_cache, timeout=300,
+    )  # fmt: skip
+    assert taken.returncode == 2 and "is not the output of an earlier job" in taken.stderr
+    assert (tmp_path / "taken" / "precious.txt").read_text() == "keep me"
+
+
+def test_without_pyspark_or_java_the_message_says_what_to_install(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "pyspark", None)  # import pyspark raises ImportError
+    with pytest.raises(InvalidOption, match=r"pip install 'mlimg\[spark\]'"):
+        spark.check_pyspark()
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(InvalidOption, match="needs Java"):
+        spark.check_java()
