@@ -104,7 +104,7 @@ def run(
     check_pyspark()
     check_java()
     check_inputs(job)
-    _check_python(env)
+    _check_environment(env)
     output = job.output.resolve()
     _check_output(output)
     started = time.monotonic()
@@ -218,18 +218,30 @@ def _first_line(text: str) -> str:
     return "no reason given"
 
 
-def _check_python(env: ModelEnvironment) -> None:
-    found = subprocess.run(
-        [str(env.python), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+def _check_environment(env: ModelEnvironment) -> None:
+    """Spark's Python workers run the model's environment: it must be the driver's Python
+    minor version, and hold pyarrow (Spark hands pandas batches over as Arrow)."""
+    probe = subprocess.run(
+        [
+            str(env.python),
+            "-c",
+            "import sys; print('%d.%d' % sys.version_info[:2]); import pyarrow",
+        ],
         capture_output=True,
         text=True,
-    ).stdout.strip()
+    )
+    found = probe.stdout.strip()
     here = f"{sys.version_info[0]}.{sys.version_info[1]}"
     if found != here:
         raise InvalidOption(
             f"Spark runs the driver and the model on one Python minor version: the model's "
             f"environment has Python {found or 'unknown'}, mlimg runs on {here}; run mlimg "
             f"from a Python {found} installation"
+        )
+    if probe.returncode != 0:
+        raise InvalidOption(
+            "the model's environment has no pyarrow, which Spark needs to hand the model its "
+            "rows: add pyarrow to the model's requirements"
         )
 
 

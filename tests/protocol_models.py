@@ -85,6 +85,15 @@ _CODE = {
                     raise ValueError("a must not be negative")
                 return frame["a"] * 2
     """,
+    "sleepy": """
+        import time
+
+
+        class Model(mlflow.pyfunc.PythonModel):
+            def predict(self, context, model_input, params=None):
+                time.sleep(0.2)  # a model slow enough for a test to act mid-job
+                return pd.DataFrame(model_input)["a"] * 2
+    """,
     "unloadable": """
         class Model(mlflow.pyfunc.PythonModel):
             def load_context(self, context):
@@ -159,7 +168,7 @@ def _signature(name: str):
         return ModelSignature(inputs=Schema([TensorSpec(np.dtype("float64"), (-1,))]))
     if name == "words":
         return ModelSignature(inputs=Schema([ColSpec(Array("string"))]))
-    if name in ("broken", "dying", "unloadable", "picky"):
+    if name in ("broken", "dying", "unloadable", "picky", "sleepy"):
         return ModelSignature(inputs=Schema([ColSpec("double", "a")]))
     if name == "slow":
         return ModelSignature(

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -53,8 +54,31 @@ def run_predict(*args: str, cache: Path, timeout: float = 900) -> subprocess.Com
     return result
 
 
+@dataclass(frozen=True)
+class SparkCluster:
+    url: str  # spark://127.0.0.1:PORT
+    workdir: Path  # its daemons' logs, and its executors' working directories
+
+    def executor_pids(self) -> list[int]:
+        """The executors running now (each a JVM whose working directory is in workdir)."""
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                command = (entry / "cmdline").read_bytes()
+                cwd = os.readlink(entry / "cwd")
+            except OSError:
+                continue
+            if b"CoarseGrainedExecutorBackend" in command and cwd.startswith(str(self.workdir)):
+                pids.append(int(entry.name))
+        return pids
+
+
 @pytest.fixture(scope="session")
-def spark_cluster(spark_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def spark_cluster(
+    spark_home: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SparkCluster]:
     """spark://127.0.0.1:PORT with two workers of one core and 1 GiB each."""
     workdir = tmp_path_factory.mktemp("spark-cluster")
     env = {**os.environ, "SPARK_HOME": str(spark_home), "SPARK_LOCAL_IP": "127.0.0.1"}
@@ -94,7 +118,7 @@ def spark_cluster(spark_home: Path, tmp_path_factory: pytest.TempPathFactory) ->
             if any(process.poll() is not None for process in processes):
                 pytest.fail(f"a Spark daemon exited: {master_log.read_text()[-3000:]}")
             time.sleep(0.5)
-        yield url
+        yield SparkCluster(url, workdir)
     finally:
         for process in processes:
             if process.poll() is None:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import base64
 import os
+import signal
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import pytest
 from mlimg import spark
 from mlimg.errors import InvalidOption
 from tests.protocol_models import make_protocol_model
-from tests.spark.conftest import run_predict
+from tests.spark.conftest import SparkCluster, run_predict
 
 
 def mlimg_predict(model: Path, csv: Path, out: Path, cache: Path) -> pd.DataFrame:
@@ -78,7 +80,7 @@ def test_local_parquet_directory_equals_mlimg_predict(
 
 
 def test_csv_in_and_out_on_a_standalone_cluster(
-    sklearn_model: Path, iris_rows, spark_cache: Path, spark_cluster: str, tmp_path: Path
+    sklearn_model: Path, iris_rows, spark_cache: Path, spark_cluster: SparkCluster, tmp_path: Path
 ) -> None:
     """The model's environment packed once and shipped with the job, the model beside it."""
     directory, _ = iris_rows
@@ -88,7 +90,7 @@ def test_csv_in_and_out_on_a_standalone_cluster(
     out = tmp_path / "out"
     result = run_predict(
         "-m", str(sklearn_model), "-i", str(directory / "part*.csv"), "-o", str(out),
-        "--master", spark_cluster, "--keep-columns", "id", "--output-format", "csv",
+        "--master", spark_cluster.url, "--keep-columns", "id", "--output-format", "csv",
         cache=spark_cache,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -193,3 +195,54 @@ def test_without_pyspark_or_java_the_message_says_what_to_install(monkeypatch) -
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(InvalidOption, match="needs Java"):
         spark.check_java()
+
+
+def test_a_killed_executor_does_not_spoil_the_output(
+    spark_cache: Path, spark_cluster: SparkCluster, tmp_path: Path
+) -> None:
+    """An executor killed (SIGKILL) mid-job: Spark runs its tasks again elsewhere, and the
+    output is whole and right, or the job fails with nothing written."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = make_protocol_model("sleepy", tmp_path / "sleepy")  # 0.2 s per batch
+    values = [float(i) for i in range(24_000)]
+    for index in range(4):
+        part = pd.DataFrame({"id": range(index * 6000, (index + 1) * 6000)})
+        part["a"] = values[index * 6000 : (index + 1) * 6000]
+        part.to_parquet(tmp_path / f"in-{index}.parquet", index=False)
+    out = tmp_path / "out"
+    args = [
+        "-m", str(model), "-i", str(tmp_path / "in-*.parquet"), "-o", str(out),
+        "--master", spark_cluster.url, "--keep-columns", "id", "--chunk-rows", "200",
+    ]  # fmt: skip
+    env = {**os.environ, "MLIMG_CACHE_DIR": str(spark_cache)}
+    job = subprocess.Popen(
+        [sys.executable, "-m", "mlimg", "predict", "--runner", "spark", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while len(spark_cluster.executor_pids()) < 2 and job.poll() is None:
+            assert time.monotonic() < deadline, "no executors started"
+            time.sleep(0.2)
+        time.sleep(8)  # the model loaded, batches under way
+        assert job.poll() is None, "the job ended before an executor could be killed"
+        victim = spark_cluster.executor_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        _, stderr = job.communicate(timeout=600)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+    sys.stderr.write(stderr[-3000:])
+    if job.returncode == 0:
+        got = read_output(out)
+        assert got["id"].tolist() == list(range(24_000))
+        assert got["prediction"].tolist() == [v * 2 for v in values]
+    else:
+        assert job.returncode == 1 and "mlimg: error: " in stderr and "Traceback" not in stderr
+        assert not out.exists()
+    assert job.returncode == 0, "Spark did not recover from one lost executor"
