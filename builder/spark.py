@@ -14,6 +14,7 @@ place: a failed or interrupted job leaves nothing where the output should be.
 from __future__ import annotations
 
 import contextlib
+import csv as csv_module
 import glob
 import os
 import secrets
@@ -25,6 +26,7 @@ import time
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from importlib.resources import as_file, files
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -34,6 +36,9 @@ from mlimg.errors import InvalidOption, MlimgError
 from mlimg.model import LocalModel
 
 FORMATS = ("parquet", "csv")
+# Read through pyarrow in the workers rather than Spark's Hadoop file systems, which need a
+# connector jar (hadoop-aws) that pyspark does not ship.
+OBJECT_STORES = ("s3",)
 _SUCCESS = "_SUCCESS"  # what Spark writes into a completed output directory
 _ENV_ARCHIVE = "environment"  # where executors unpack the model's environment
 _MODEL_ARCHIVE = "model"  # where executors unpack the model
@@ -114,11 +119,11 @@ def run(
         if not local:
             spark.sparkContext.addArchive(f"{_model_zip(model)}#{_MODEL_ARCHIVE}")
         model_ref = str(model.path) if local else f"archive:{_MODEL_ARCHIVE}"
-        rows = _predict(spark, job, model_ref, output, report)
+        rows = _predict(spark, job, model_ref, output)
     return SparkSummary(rows, time.monotonic() - started, output)
 
 
-def _predict(spark, job: SparkJob, model_ref: str, output: Path, report) -> int:  # type: ignore[no-untyped-def]
+def _predict(spark, job: SparkJob, model_ref: str, output: Path) -> int:  # type: ignore[no-untyped-def]
     import pyarrow as pa
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema
@@ -126,10 +131,13 @@ def _predict(spark, job: SparkJob, model_ref: str, output: Path, report) -> int:
     from mlimg_runtime.spark import ROW_ID, output_schema_probe, predict_batches
 
     fmt = input_format(job)
-    reader = spark.read.option("header", True) if fmt == "csv" else spark.read
-    loaded: list = []
-    _run_action(lambda: loaded.append(reader.format(fmt).load(list(job.inputs))), None)
-    frame = loaded[0]
+    if any(urlsplit(path).scheme in OBJECT_STORES for path in job.inputs):
+        frame = _object_store_frame(spark, job, fmt)
+    else:
+        reader = spark.read.option("header", True) if fmt == "csv" else spark.read
+        loaded: list = []
+        _run_action(lambda: loaded.append(reader.format(fmt).load(list(job.inputs))), None)
+        frame = loaded[0]
     missing = [name for name in job.keep_columns if name not in frame.columns]
     if missing:
         raise InvalidOption(f"--keep-columns: the input has no column {', '.join(missing)}")
@@ -155,6 +163,69 @@ def _predict(spark, job: SparkJob, model_ref: str, output: Path, report) -> int:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return count
+
+
+def _object_store_frame(spark, job: SparkJob, fmt: str):  # type: ignore[no-untyped-def]
+    """Objects in a store Spark's Hadoop has no connector for here (s3:// without hadoop-aws):
+    listed on the driver, read in the workers with pyarrow's file systems, one task per object,
+    reached as MLflow reaches the store (MLFLOW_S3_ENDPOINT_URL, the AWS credentials)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    from mlimg_runtime.spark import object_store, read_objects
+
+    where = " ".join(job.inputs)
+    try:
+        uris = sorted(uri for path in job.inputs for uri in _matching_objects(path))
+        if not uris:
+            raise InvalidOption(f"-i {where}: no object matches")
+        filesystem, path = object_store(uris[0])
+        csv_columns = None
+        if fmt == "csv":
+            with filesystem.open_input_stream(path) as source:
+                header = source.read(1 << 16).decode("utf-8").splitlines()[0]
+            csv_columns = next(csv_module.reader([header]))
+            schema = pa.schema([(name, pa.string()) for name in csv_columns])
+        else:
+            with filesystem.open_input_file(path) as source:
+                schema = pq.read_schema(source)
+    except (OSError, pa.ArrowException, UnicodeDecodeError, IndexError) as exc:
+        raise SparkJobFailed(f"cannot read -i {where}: {_first_line(str(exc))}") from None
+    listing = spark.createDataFrame([(uri,) for uri in uris], "uri string").repartition(len(uris))
+    reader = read_objects(csv_columns, job.batch_rows)
+    return listing.mapInPandas(reader, from_arrow_schema(schema))
+
+
+def _matching_objects(uri: str) -> list[str]:
+    """The objects a URI names: an object, every object under a prefix, or a glob's matches
+    in its last part (names starting with _ or . left out, as Spark leaves them)."""
+    from pyarrow import fs
+
+    from mlimg_runtime.spark import object_store
+
+    filesystem, path = object_store(uri)
+    prefix = uri[: len(uri) - len(path)]
+    if any(char in path for char in "*?["):
+        parent, pattern = path.rsplit("/", 1)
+        found = filesystem.get_file_info(fs.FileSelector(parent, allow_not_found=True))
+        paths = [
+            i.path for i in found if i.type == fs.FileType.File and fnmatch(i.base_name, pattern)
+        ]
+    else:
+        info = filesystem.get_file_info(path)
+        if info.type == fs.FileType.File:
+            paths = [path]
+        elif info.type == fs.FileType.Directory:
+            found = filesystem.get_file_info(fs.FileSelector(path, recursive=True))
+            paths = [
+                i.path
+                for i in found
+                if i.type == fs.FileType.File and not i.base_name.startswith(("_", "."))
+            ]
+        else:
+            paths = []
+    return [prefix + found_path for found_path in paths]
 
 
 def _collect(probe, frame) -> list:  # type: ignore[no-untyped-def]
@@ -204,7 +275,7 @@ def _position(frame, row_id: int) -> str:  # type: ignore[no-untyped-def]
 
     located = frame.select(ROW_ID, F.input_file_name().alias("file"))
     found = located.filter(F.col(ROW_ID) == row_id).select("file").first()
-    if found is None:
+    if found is None or not found["file"]:  # an object read by pyarrow: no file name in Spark
         return "a row of the input"
     before = located.filter((F.col("file") == found["file"]) & (F.col(ROW_ID) < row_id)).count()
     return f"row {before} (from 0) of {found['file']}"

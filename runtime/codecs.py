@@ -435,7 +435,7 @@ def _datetimes(column: pd.Series, name: str) -> pd.Series:
         if any(not isinstance(v, str) for v in column.tolist() if v is not None):
             raise BadRequest(f"column {name!r} is a datetime: send ISO 8601 strings")
         try:
-            column = pd.to_datetime(column, utc=True, **_ISO8601)
+            column = _parse_iso8601(column)
         except (ValueError, TypeError, OverflowError) as exc:
             raise BadRequest(
                 f"column {name!r}: not an ISO 8601 datetime ({_first_line(exc)})"
@@ -450,8 +450,29 @@ def _datetimes(column: pd.Series, name: str) -> pd.Series:
 # The signature's column types that decoding turns from JSON or CSV text into values.
 _COLUMN_DECODERS = {"binary": _binaries, "datetime": _datetimes}
 
+_PANDAS_MAJOR = int(pd.__version__.split(".")[0])
 # pandas 2 parses mixed ISO 8601 forms only when told so; pandas 1 always did.
-_ISO8601 = {"format": "ISO8601"} if int(pd.__version__.split(".")[0]) >= 2 else {}
+_ISO8601 = {"format": "ISO8601"} if _PANDAS_MAJOR >= 2 else {}
+_ISO_DATETIME = (
+    r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}(?::\d{2}(?::\d{2}(?:[.,]\d+)?)?)?)?"
+    r"(?:Z|[+-]\d{2}(?::?\d{2})?)?"
+)
+
+
+def _parse_iso8601(column: pd.Series) -> pd.Series:
+    """ISO 8601 strings (None kept) to UTC datetimes, each value by its own offset.
+
+    pandas 2's format="ISO8601" gives a value without an offset the offset of the value
+    before it (2021-03-01T08:00:00 after a +02:00 value became 06:00 UTC); there each value is
+    checked to be ISO 8601, then parsed on its own (format="mixed").
+    """
+    if _PANDAS_MAJOR != 2:
+        return pd.to_datetime(column, utc=True, **_ISO8601)
+    text = column.astype("string")
+    wrong = ~text.str.fullmatch(_ISO_DATETIME).fillna(True).astype(bool)
+    if wrong.any():
+        raise ValueError(f"{text[wrong].iloc[0]!r} is not ISO 8601")
+    return pd.to_datetime(column, utc=True, format="mixed")
 
 
 def encode_predictions(predictions: Any, unwrapped: bool = False) -> bytes:

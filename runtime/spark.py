@@ -148,3 +148,49 @@ def output_schema_probe(
                 return
 
     return run
+
+
+def object_store(uri: str) -> tuple[Any, str]:
+    """A pyarrow file system and path for an object-store URI, reached as MLflow reaches it
+    (for S3: MLFLOW_S3_ENDPOINT_URL or AWS_ENDPOINT_URL, and the usual AWS credentials)."""
+    from pyarrow import fs
+
+    endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+    if uri.startswith("s3://") and endpoint:
+        bucket_path = uri[len("s3://") :]
+        scheme = "http" if endpoint.startswith("http://") else "https"
+        host = endpoint.split("://", 1)[-1].rstrip("/")
+        region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
+        return fs.S3FileSystem(endpoint_override=host, scheme=scheme, region=region), bucket_path
+    return fs.FileSystem.from_uri(uri)
+
+
+def read_objects(
+    csv_columns: list[str] | None, batch_rows: int
+) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """A function for mapInPandas over a frame of object URIs (column `uri`): each object's
+    rows, in batches. Parquet as it is; CSV (with `csv_columns`, its header) as text, typed
+    later by the signature as the server types a CSV body."""
+
+    def run(listings: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+        import pyarrow.parquet as pq
+
+        for listing in listings:
+            for uri in listing["uri"]:
+                filesystem, path = object_store(uri)
+                if csv_columns is None:
+                    with filesystem.open_input_file(path) as source:
+                        for batch in pq.ParquetFile(source).iter_batches(batch_size=batch_rows):
+                            yield batch.to_pandas()
+                    continue
+                types = {name: pa.string() for name in csv_columns}
+                options = pacsv.ConvertOptions(column_types=types, strings_can_be_null=False)
+                read = pacsv.ReadOptions(block_size=1 << 22)
+                with filesystem.open_input_stream(path) as source:
+                    reader = pacsv.open_csv(source, read_options=read, convert_options=options)
+                    for batch in reader:
+                        yield batch.to_pandas()
+
+    return run

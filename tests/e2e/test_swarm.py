@@ -27,7 +27,6 @@ from tests.e2e.conftest import build, run_mlimg
 from tests.e2e.test_build import iris_frame, steps_from_cache
 from tests.models import make_sklearn_model
 from tests.protocol_models import make_protocol_model
-from tests.registries import free_port
 from tests.swarm import (
     build_load_balancer,
     deploy,
@@ -36,6 +35,7 @@ from tests.swarm import (
     swarm_mode,
     update_state,
 )
+from tests.tracking import free_port
 
 STACK, SERVICE = "mlimgtest", "iris"
 V2_TAG = "mlimg-test/iris-v2:e2e"

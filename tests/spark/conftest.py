@@ -40,9 +40,12 @@ def spark_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("spark-cache")
 
 
-def run_predict(*args: str, cache: Path, timeout: float = 900) -> subprocess.CompletedProcess:
-    """`mlimg predict --runner spark ...` as a user runs it; its output echoed for CI's log."""
-    env = {**os.environ, "MLIMG_CACHE_DIR": str(cache)}
+def run_predict(
+    *args: str, cache: Path, timeout: float = 900, **variables: str
+) -> subprocess.CompletedProcess:
+    """`mlimg predict --runner spark ...` as a user runs it (with `variables` added to its
+    environment); its output echoed for CI's log."""
+    env = {**os.environ, "MLIMG_CACHE_DIR": str(cache), **variables}
     result = subprocess.run(
         [sys.executable, "-m", "mlimg", "predict", "--runner", "spark", *args],
         capture_output=True,

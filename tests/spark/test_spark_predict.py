@@ -40,6 +40,8 @@ def read_output(path: Path, fmt: str = "parquet") -> pd.DataFrame:
         frame = pd.concat(pd.read_csv(part) for part in sorted(path.glob("part-*.csv")))
     else:
         frame = pd.read_parquet(path)
+    # A CSV input's kept columns are its text: ids as strings, sorted here as numbers.
+    frame["id"] = frame["id"].astype(int)
     return frame.sort_values("id").reset_index(drop=True)
 
 
@@ -246,3 +248,56 @@ def test_a_killed_executor_does_not_spoil_the_output(
         assert job.returncode == 1 and "mlimg: error: " in stderr and "Traceback" not in stderr
         assert not out.exists()
     assert job.returncode == 0, "Spark did not recover from one lost executor"
+
+
+def test_parquet_and_csv_objects_in_an_s3_bucket(
+    sklearn_model: Path, iris_rows, spark_cache: Path, spark_home: Path, tmp_path: Path
+) -> None:
+    """An S3 API on 127.0.0.1 (moto's server), reached as MLflow reaches it: a prefix of
+    Parquet objects and a glob of CSV objects, read by the workers through pyarrow."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    directory, _ = iris_rows
+    expected = mlimg_predict(
+        sklearn_model, directory / "all.csv", tmp_path / "ref.csv", spark_cache
+    )
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        variables = {
+            "MLFLOW_S3_ENDPOINT_URL": f"http://{host}:{port}",
+            "AWS_ACCESS_KEY_ID": "mlimg-test",
+            "AWS_SECRET_ACCESS_KEY": "mlimg-test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=variables["MLFLOW_S3_ENDPOINT_URL"],
+            aws_access_key_id="mlimg-test",
+            aws_secret_access_key="mlimg-test",
+            region_name="us-east-1",
+        )
+        s3.create_bucket(Bucket="lake")
+        for part in sorted(directory.glob("part*")):
+            s3.upload_file(str(part), "lake", f"iris-{part.suffix[1:]}/{part.name}")
+        for source, pattern in (
+            ("s3://lake/iris-parquet/", "parquet"),
+            ("s3://lake/iris-csv/part*.csv", "csv"),
+        ):
+            out = tmp_path / f"out-{pattern}"
+            args = ["-m", str(sklearn_model), "-i", source, "-o", str(out), "--keep-columns", "id"]
+            if pattern == "parquet":
+                args += ["-t", "parquet"]
+            result = run_predict(*args, "--master", "local[2]", cache=spark_cache, **variables)
+            assert result.returncode == 0, result.stderr
+            got = read_output(out)
+            assert got["prediction"].tolist() == expected["prediction"].tolist(), pattern
+        missing = run_predict(
+            "-m", str(sklearn_model), "-i", "s3://lake/nothing/", "-o", str(tmp_path / "none"),
+            "--master", "local[2]", cache=spark_cache, **variables,
+        )  # fmt: skip
+        assert missing.returncode == 2 and "no object matches" in missing.stderr
+    finally:
+        server.stop()
