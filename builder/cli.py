@@ -545,6 +545,8 @@ def predict(
         content_type = "csv" if source and source.suffix.lower() == ".csv" else "json"
     if content_type == "parquet":
         raise click.BadParameter("parquet input needs --runner spark", param_hint="'-t'")
+    if output_path is not None and output_path.is_dir():
+        raise click.BadParameter(f"'{output_path}' is a directory", param_hint="'-o'")
     with _model_environment(model_uri, env_manager) as (model, env):
         code = host_runtime.predict(env, model.path, source, output_path, content_type, chunk_rows)
     if code != 0:

@@ -139,3 +139,20 @@ def test_malformed_tag_is_refused_before_any_work(
         DOCKER_HOST=f"unix://{tmp_path}/no-engine.sock",
     )
     assert_clean_failure(result, "is not a valid image reference")
+
+
+def test_predict_refuses_bad_paths_before_making_an_environment(tmp_path: Path) -> None:
+    model = write_fake_model(tmp_path / "model", PYFUNC_MLMODEL, "mlflow==3.17.2\n")
+    source = tmp_path / "in.csv"
+    source.write_text("a\n1\n")
+    (tmp_path / "a-directory").mkdir()
+    for args, message in (
+        (("-i", str(tmp_path / "missing.csv")), "is not a file"),
+        (("-i", str(tmp_path)), "is not a file"),
+        (("-i", str(source), "-o", str(tmp_path / "a-directory")), "is a directory"),
+        (("-i", str(source), "-t", "parquet"), "parquet input needs --runner spark"),
+        (("-i", str(source), "--runner", "spark", "-t", "json", "-o", "x"), "not JSON"),
+    ):
+        result = mlimg("predict", "-m", str(model), *args, cwd=tmp_path)
+        assert_clean_failure(result, message)
+        assert "creating" not in result.stderr
