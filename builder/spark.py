@@ -114,10 +114,13 @@ def run(
     _check_output(output)
     started = time.monotonic()
     local = job.master.startswith("local")
-    with _runtime_zip() as runtime_zip, _session(job, model, env, local, report) as spark:
-        spark.sparkContext.addPyFile(str(runtime_zip))
+    with (
+        tempfile.TemporaryDirectory(prefix="mlimg-spark-") as tmp,
+        _session(job, model, env, local, report) as spark,
+    ):
+        spark.sparkContext.addPyFile(str(_runtime_zip(Path(tmp))))
         if not local:
-            spark.sparkContext.addArchive(f"{_model_zip(model)}#{_MODEL_ARCHIVE}")
+            spark.sparkContext.addArchive(f"{_model_zip(model, Path(tmp))}#{_MODEL_ARCHIVE}")
         model_ref = str(model.path) if local else f"archive:{_MODEL_ARCHIVE}"
         rows = _predict(spark, job, model_ref, output)
     return SparkSummary(rows, time.monotonic() - started, output)
@@ -414,8 +417,9 @@ def _packed_environment(env: ModelEnvironment, report: Callable[[str], None]) ->
     return archive
 
 
-def _model_zip(model: LocalModel) -> Path:
-    target = Path(tempfile.mkdtemp(prefix="mlimg-spark-model-")) / "model.zip"
+def _model_zip(model: LocalModel, directory: Path) -> Path:
+    """The model directory as a zip, for the executors (unpacked as ./model)."""
+    target = directory / "model.zip"
     with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
         for path in sorted(model.path.rglob("*")):
             if path.is_file():
@@ -423,12 +427,10 @@ def _model_zip(model: LocalModel) -> Path:
     return target
 
 
-@contextlib.contextmanager
-def _runtime_zip() -> Iterator[Path]:
+def _runtime_zip(directory: Path) -> Path:
     """mlimg_runtime as a zip for the executors' Python path."""
-    with tempfile.TemporaryDirectory(prefix="mlimg-spark-") as tmp:
-        target = Path(tmp) / "mlimg_runtime.zip"
-        with as_file(files("mlimg_runtime")) as source, zipfile.ZipFile(target, "w") as archive:
-            for path in sorted(Path(source).rglob("*.py")):
-                archive.write(path, Path("mlimg_runtime") / path.relative_to(source))
-        yield target
+    target = directory / "mlimg_runtime.zip"
+    with as_file(files("mlimg_runtime")) as source, zipfile.ZipFile(target, "w") as archive:
+        for path in sorted(Path(source).rglob("*.py")):
+            archive.write(path, Path("mlimg_runtime") / path.relative_to(source))
+    return target
