@@ -1,15 +1,15 @@
 """`mlimg predict --runner spark` against single-process `mlimg predict` and MLflow's
 `mlflow.pyfunc.spark_udf(env_manager="local")`, on the same rows, in one run.
 
-    python benchmarks/spark_predict.py --rows 10000000 --rounds 3
+    python benchmarks/spark_predict.py --rows 1000000 10000000 --rounds 3
 
-Makes ROWS iris rows (Parquet for the Spark sides, CSV for single-process `mlimg predict`) and
-scores them with the repository's example model. Each round runs the three sides, in an order
-that rotates between rounds, and records each one's wall time (Spark's start-up included),
-rows/s, and the peak memory of its process tree: all of it, and the driver's part (the Python
-driver and its JVM, without Spark's Python workers). The model's environment is made before the
-first round, so no side pays for it. Writes results/spark.{md,json} beside this file; the
-report compares medians.
+For each ROWS, makes that many iris rows (Parquet for the Spark sides, CSV for single-process
+`mlimg predict`) and scores them with the repository's example model. Each round runs the
+three sides, in an order that rotates between rounds, and records each one's wall time
+(Spark's start-up included), rows/s, and the peak memory of its Python driver, of Spark's JVM
+and of the whole process tree; two sizes show whether the driver's memory grows with the
+input. The model's environment is made before the first round, so no side pays for it.
+Writes results/spark.{md,json} beside this file; the report compares medians.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 MODEL = HERE.parent / "examples" / "iris" / "model"
 SIDES = ("mlimg-spark", "mlimg-single", "mlflow-spark_udf")
-_SPARK_WORKER = ("pyspark.daemon", "pyspark.worker", "pyspark/daemon", "pyspark/worker")
 
 SPARK_UDF_JOB = textwrap.dedent(
     """
@@ -82,10 +81,12 @@ def make_rows(rows: int, directory: Path) -> tuple[Path, Path]:
 
 
 class PeakMemory:
-    """The peak resident memory of a process tree, sampled every 0.1 s from /proc."""
+    """Peak resident memory of a process tree, sampled every 0.1 s from /proc: all of it, the
+    Python driver (the process started) and Spark's JVM (in local mode it runs the tasks too).
+    The rest is the model's processes: Spark's Python workers, or mlimg predict's runtime."""
 
     def __init__(self, pid: int) -> None:
-        self.pid, self.total, self.driver = pid, 0, 0
+        self.pid, self.total, self.driver, self.jvm = pid, 0, 0, 0
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -96,13 +97,14 @@ class PeakMemory:
 
     def _sample(self) -> None:
         while not self._done.is_set():
-            total = driver = 0
+            total = jvm = 0
             for pid in _tree(self.pid):
-                rss, command = _rss(pid), _command(pid)
+                rss = _rss(pid)
                 total += rss
-                if not any(mark in command for mark in _SPARK_WORKER):
-                    driver += rss
-            self.total, self.driver = max(self.total, total), max(self.driver, driver)
+                if _command(pid).split(" ", 1)[0].endswith("java"):
+                    jvm += rss
+            self.total, self.jvm = max(self.total, total), max(self.jvm, jvm)
+            self.driver = max(self.driver, _rss(self.pid))
             time.sleep(0.1)
 
 
@@ -160,60 +162,78 @@ def run_side(side: str, parquet: Path, csv: Path, out: Path, cache: Path) -> dic
     memory.stop()
     if process.returncode != 0:
         raise SystemExit(f"{side} failed:\n{stderr.decode()[-3000:]}")
-    return {"seconds": seconds, "peak_total": memory.total, "peak_driver": memory.driver}
+    return {
+        "seconds": seconds,
+        "peak_total": memory.total,
+        "peak_driver": memory.driver,
+        "peak_jvm": memory.jvm,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    sections = []
     with tempfile.TemporaryDirectory(prefix="mlimg-spark-bench-") as tmp:
         work = Path(tmp)
-        print(f"making {args.rows:,} rows", file=sys.stderr)
-        parquet, csv = make_rows(args.rows, work)
         cache = work / "cache"
-        run_side("mlimg-single", parquet, csv, work / "warm-up", cache)  # the environment, once
-        results: dict[str, list[dict]] = {side: [] for side in SIDES}
-        for round_number in range(args.rounds):
-            order = SIDES[round_number % 3 :] + SIDES[: round_number % 3]
-            for side in order:
-                result = run_side(side, parquet, csv, work / f"out-{side}", cache)
-                results[side].append(result)
-                print(
-                    f"round {round_number + 1} {side}: {result['seconds']:.1f}s, "
-                    f"peak {result['peak_total'] / 2**20:.0f} MiB "
-                    f"(driver {result['peak_driver'] / 2**20:.0f} MiB)",
-                    file=sys.stderr,
-                )
-    report(args.rows, results)
+        for rows in args.rows:
+            print(f"making {rows:,} rows", file=sys.stderr)
+            parquet, csv = make_rows(rows, work)
+            run_side("mlimg-single", parquet, csv, work / "warm-up", cache)  # the environment
+            results: dict[str, list[dict]] = {side: [] for side in SIDES}
+            for round_number in range(args.rounds):
+                order = SIDES[round_number % 3 :] + SIDES[: round_number % 3]
+                for side in order:
+                    result = run_side(side, parquet, csv, work / f"out-{side}", cache)
+                    results[side].append(result)
+                    print(f"{rows:,} rows, round {round_number + 1}, {side}: "
+                          f"{result['seconds']:.1f}s, peak {_mib(result['peak_total'])} "
+                          f"(driver {_mib(result['peak_driver'])}, "
+                          f"JVM {_mib(result['peak_jvm'])})", file=sys.stderr)  # fmt: skip
+            sections.append((rows, results))
+    report(sections, args.rounds)
 
 
-def report(rows: int, results: dict[str, list[dict]]) -> None:
-    medians = {
-        side: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
-        for side, runs in results.items()
-    }
-    spark = medians["mlimg-spark"]["seconds"]
+def _mib(size: float) -> str:
+    return f"{size / 2**20:,.0f} MiB"
+
+
+def report(sections: list[tuple[int, dict[str, list[dict]]]], rounds: int) -> None:
     lines = [
-        f"{rows:,} rows, median of {len(results['mlimg-spark'])} rounds, local[2] for Spark",
-        "",
-        "| side | wall time | rows/s | peak memory (tree) | peak memory (driver) "
-        "| wall time vs mlimg-spark |",
-        "| --- | --- | --- | --- | --- | --- |",
+        f"`mlimg predict --runner spark` on local[2], single-process `mlimg predict`, and "
+        f'`mlflow.pyfunc.spark_udf(env_manager="local")` on local[2]; medians of {rounds} '
+        "rounds. Driver: the Python process started; JVM: Spark's (in local mode it runs the "
+        "tasks too); tree: everything, the model's processes included.",
     ]
-    for side, median in medians.items():
-        lines.append(
-            f"| {side} | {median['seconds']:.1f} s | {rows / median['seconds']:,.0f} | "
-            f"{median['peak_total'] / 2**20:.0f} MiB | {median['peak_driver'] / 2**20:.0f} MiB | "
-            f"{median['seconds'] / spark:.2f}x |"
-        )
+    saved = []
+    for rows, results in sections:
+        medians = {
+            side: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+            for side, runs in results.items()
+        }
+        spark = medians["mlimg-spark"]["seconds"]
+        lines += [
+            "",
+            f"{rows:,} rows:",
+            "",
+            "| side | wall time | rows/s | vs mlimg-spark | peak memory: driver | JVM | tree |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for side, median in medians.items():
+            lines.append(
+                f"| {side} | {median['seconds']:.1f} s | {rows / median['seconds']:,.0f} | "
+                f"{median['seconds'] / spark:.2f}x | {_mib(median['peak_driver'])} | "
+                f"{_mib(median['peak_jvm']) if median['peak_jvm'] else '-'} | "
+                f"{_mib(median['peak_total'])} |"
+            )
+        saved.append({"rows": rows, "results": results, "medians": medians})
     text = "\n".join(lines) + "\n"
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "spark.md").write_text(text)
-    (HERE / "results" / "spark.json").write_text(
-        json.dumps({"rows": rows, "results": results, "medians": medians}, indent=2)
-    )
+    (HERE / "results" / "spark.json").write_text(json.dumps(saved, indent=2))
     print(text)
 
 

@@ -443,6 +443,9 @@ def _spark_conf(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+_LOCAL_CHUNK_ROWS = 10_000
+
+
 @cli.command("predict")
 @_MODEL_OPTION
 @click.option(
@@ -468,10 +471,9 @@ def _spark_conf(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
 @click.option(
     "--chunk-rows",
     type=click.IntRange(min=1),
-    default=10_000,
-    show_default=True,
-    help="Rows read and predicted at a time: what bounds memory on large inputs (spark: rows "
-    "per Arrow batch).",
+    help="Rows read and predicted at a time: what bounds memory on large inputs. Default: "
+    f"{_LOCAL_CHUNK_ROWS:,}; with --runner spark, rows per Arrow batch, as many as fit 32 MiB "
+    "up to 100,000.",
 )
 @_HOST_ENV_MANAGER
 @click.option(
@@ -512,7 +514,7 @@ def predict(
     input_path: str | None,
     output_path: Path | None,
     content_type: str | None,
-    chunk_rows: int,
+    chunk_rows: int | None,
     env_manager: str,
     runner: str,
     master: str,
@@ -547,6 +549,7 @@ def predict(
         raise click.BadParameter("parquet input needs --runner spark", param_hint="'-t'")
     if output_path is not None and output_path.is_dir():
         raise click.BadParameter(f"'{output_path}' is a directory", param_hint="'-o'")
+    chunk_rows = chunk_rows or _LOCAL_CHUNK_ROWS
     with _model_environment(model_uri, env_manager) as (model, env):
         code = host_runtime.predict(env, model.path, source, output_path, content_type, chunk_rows)
     if code != 0:
@@ -568,8 +571,8 @@ def _predict_on_spark(
     spark.check_pyspark()
     spark.check_java()
     spark.check_inputs(job)
-    with _model_environment(model_uri, env_manager) as (model, env):
-        summary = spark.run(job, model, env, _say)
+    with open_model(model_uri) as resolved:
+        summary = spark.run(job, load_local_model(resolved), env_manager, _say)
     rate = summary.rows / summary.seconds if summary.seconds else 0.0
     _say(
         f"wrote {summary.rows:,} rows to {summary.output} in {summary.seconds:.1f}s "

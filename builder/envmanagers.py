@@ -61,7 +61,11 @@ def python_in(path: Path) -> Path:
 
 def _create_uv(model: LocalModel, path: Path, runtime: RuntimeInstall, work: Path) -> None:
     uv = _uv_binary()
-    env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never"}
+    # Byte-compiled as pip (the virtualenv manager's installer) and the images' builds leave
+    # theirs: without it, every start under PYTHONDONTWRITEBYTECODE or on a read-only cache
+    # compiles mlflow anew (the reuse check took 4.1 s rather than 1.7 s; each Spark worker's
+    # model load 6.9 s rather than 4.1 s).
+    env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "UV_COMPILE_BYTECODE": "1"}
     _run([uv, "venv", "--python", model.python_minor, str(path)], env, on_fail=_no_python(model))
     pip = [uv, "pip"]
     python = ["--python", str(python_in(path))]

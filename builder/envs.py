@@ -51,6 +51,20 @@ def cache_root() -> Path:
     return Path(base) / "envs"
 
 
+def environment_python(
+    model: LocalModel, env_manager_name: str, engine_name: str = DEFAULT_ENGINE
+) -> Path:
+    """The interpreter `prepare_environment` will return, known before it is made or checked."""
+    manager = env_manager(env_manager_name)
+    if manager.create is None:
+        return Path(sys.executable)
+    return python_in(_cached_path(model, manager.name, serving_engine(engine_name)))
+
+
+def _cached_path(model: LocalModel, manager_name: str, engine: ServingEngine) -> Path:
+    return cache_root() / environment_key(model, manager_name, engine)
+
+
 def prepare_environment(
     model: LocalModel,
     env_manager_name: str,
@@ -62,11 +76,9 @@ def prepare_environment(
     engine.check_python(model)
     if manager.create is None:
         return _local_environment(engine)
-    key = environment_key(model, manager.name, engine)
-    root = cache_root()
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / key
-    lock = FileLock(str(root / f"{key}.lock"))
+    path = _cached_path(model, manager.name, engine)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path.with_name(f"{path.name}.lock")))
     try:
         lock.acquire(timeout=0)
     except Timeout:

@@ -56,14 +56,24 @@ def prediction_frame(predictions: Any, rows: int) -> pd.DataFrame:
     elif isinstance(predictions, dict):
         frame = pd.DataFrame({str(key): list(value) for key, value in predictions.items()})
     else:
-        array = np.asarray(predictions)
-        if array.ndim == 2:
-            frame = pd.DataFrame(array, columns=[f"prediction_{i}" for i in range(array.shape[1])])
-        else:
-            frame = pd.DataFrame({"prediction": list(predictions)})
+        frame = _array_frame(predictions)
     if len(frame) != rows:
         raise ValueError(f"the model returned {len(frame)} predictions for {rows} rows")
     return frame
+
+
+def _array_frame(predictions: Any) -> pd.DataFrame:
+    try:
+        array = np.asarray(predictions)
+    except ValueError:  # rows of different lengths: a list per row
+        return pd.DataFrame({"prediction": list(predictions)})
+    if array.ndim == 0:
+        return pd.DataFrame({"prediction": [array.item()]})
+    if array.ndim == 1:
+        return pd.DataFrame({"prediction": array})  # as it is: a list of it took half the job
+    if array.ndim == 2:
+        return pd.DataFrame(array, columns=[f"prediction_{i}" for i in range(array.shape[1])])
+    return pd.DataFrame({"prediction": list(array)})  # an array per row
 
 
 def predict_batches(
@@ -140,12 +150,15 @@ def output_schema_probe(
         import pyarrow as pa
 
         model, signature = _model(model_path)
+        found = False
+        # Every batch is read, even after the first: a Python worker that leaves input unread
+        # is not reused, and the next job's would load the model again.
         for batch in batches:
-            if len(batch):
+            if len(batch) and not found:
+                found = True
                 out = _predict_batch(model, signature, batch, keep, csv_strings)
                 schema = pa.Schema.from_pandas(out, preserve_index=False)
                 yield pd.DataFrame({"schema": [schema.serialize().to_pybytes()]})
-                return
 
     return run
 

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import base64
 import os
+import pty
+import re
+import select
 import signal
 import subprocess
 import sys
@@ -301,3 +304,58 @@ def test_parquet_and_csv_objects_in_an_s3_bucket(
         assert missing.returncode == 2 and "no object matches" in missing.stderr
     finally:
         server.stop()
+
+
+def test_a_terminal_shows_the_stages_progress(
+    spark_cache: Path, spark_home: Path, tmp_path: Path
+) -> None:
+    """Spark's stage progress bar on a terminal (stderr a tty); none in a log."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = make_protocol_model("sleepy", tmp_path / "sleepy")  # 0.2 s per batch
+    pd.DataFrame({"a": [float(i) for i in range(4000)]}).to_parquet(tmp_path / "in.parquet")
+    args = [
+        "-m", str(model), "-i", str(tmp_path / "in.parquet"), "--master", "local[2]",
+        "--chunk-rows", "200",
+    ]  # fmt: skip
+    command = [sys.executable, "-m", "mlimg", "predict", "--runner", "spark", *args]
+    env = {**os.environ, "MLIMG_CACHE_DIR": str(spark_cache), "COLUMNS": "100"}
+    primary, secondary = pty.openpty()
+    try:
+        job = subprocess.Popen(
+            [*command, "-o", str(tmp_path / "on-a-terminal")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=secondary, env=env,
+        )  # fmt: skip
+        os.close(secondary)
+        shown = _read_terminal(primary, job, timeout=600)
+    finally:
+        os.close(primary)
+    sys.stderr.write(shown[-3000:])
+    assert job.returncode == 0
+    assert re.search(r"\[Stage \d+:[=> ]*\(\d+ \+ \d+\) / \d+\]", shown), shown[-3000:]
+    assert "wrote 4,000 rows to" in shown
+    logged = run_predict(*args, "-o", str(tmp_path / "in-a-log"), cache=spark_cache)
+    assert logged.returncode == 0, logged.stderr
+    assert "[Stage" not in logged.stderr and "wrote 4,000 rows to" in logged.stderr
+
+
+def _read_terminal(primary: int, job: subprocess.Popen, timeout: float) -> str:
+    """Everything the job wrote to its terminal, until it ends (or `timeout` passes)."""
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([primary], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # EIO: every writer has closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        elif job.poll() is not None:
+            break
+    if job.poll() is None:
+        job.kill()
+    job.wait()
+    return b"".join(chunks).decode(errors="replace")
