@@ -142,7 +142,8 @@ def run(
         if not local:
             spark.sparkContext.addArchive(f"{_model_zip(model, Path(tmp))}#{_MODEL_ARCHIVE}")
         model_ref = str(model.path) if local else f"archive:{_MODEL_ARCHIVE}"
-        rows = _predict(spark, job, model_ref, output)
+        with _workers_loading(spark, model_ref):
+            rows = _predict(spark, job, model_ref, output)
     return SparkSummary(rows, time.monotonic() - started, output)
 
 
@@ -168,10 +169,8 @@ def _predict(spark, job: SparkJob, model_ref: str, output: Path) -> int:  # type
     frame = frame.withColumn(ROW_ID, F.monotonically_increasing_id())
     keep = list(job.keep_columns)
     csv = fmt == "csv"
-    # The output's columns come from predicting a few rows first, in one task per core: each
-    # loads the model, so every Python worker starts the job with it loaded.
-    warm = frame.limit(16).repartition(spark.sparkContext.defaultParallelism)
-    probe = warm.mapInPandas(output_schema_probe(model_ref, keep, csv), "schema binary")
+    # The output's columns: those of the predictions for a few rows.
+    probe = frame.limit(16).mapInPandas(output_schema_probe(model_ref, keep, csv), "schema binary")
     first = _collect(probe, frame)
     if not first:
         raise InvalidOption("the input holds no rows")
@@ -189,6 +188,34 @@ def _predict(spark, job: SparkJob, model_ref: str, output: Path) -> int:  # type
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return count
+
+
+@contextlib.contextmanager
+def _workers_loading(spark, model_ref: str) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    """Load the model in Spark's Python workers, one task per core, in a job of its own (in a
+    thread) while the driver reads the input's schema and plans the job: loading takes
+    seconds, and workers are reused from job to job. Its failure is left to the job proper,
+    whose message names the cause."""
+    from mlimg_runtime.spark import load_in_worker
+
+    context = spark.sparkContext
+    cores = context.defaultParallelism
+    # mapInPandas, as the job proper: Spark keeps RDD functions' workers apart from these.
+    tasks = spark.range(0, cores, numPartitions=cores)
+    loading = tasks.mapInPandas(load_in_worker(model_ref), "id long")
+
+    def load() -> None:
+        with contextlib.suppress(Exception):  # py4j's and pyspark's errors share no base
+            loading.collect()
+
+    thread = threading.Thread(target=load, name="mlimg-spark-load", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        if thread.is_alive():
+            context.cancelAllJobs()  # the job proper failed before the loading ended
+        thread.join()
 
 
 def _count_rows(spark, directory: Path, fmt: str) -> int:  # type: ignore[no-untyped-def]

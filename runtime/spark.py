@@ -35,6 +35,19 @@ def _model(path: str) -> tuple[Any, Signature]:
     return _models[path]
 
 
+def load_in_worker(model_path: str) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """A function for mapInPandas that loads the model into the Python worker running it (kept
+    there for the worker's next tasks and jobs), reads its input and gives nothing."""
+
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        _model(model_path)
+        for _ in batches:  # all of it: a worker that leaves input unread is not reused
+            pass
+        return iter(())
+
+    return run
+
+
 def _resolve(path: str) -> str:
     """A model shipped with the job (`archive:NAME`) is where Spark unpacked it: a directory
     named NAME in the worker's current directory (SparkFiles' root for archives)."""

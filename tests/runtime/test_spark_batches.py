@@ -123,3 +123,15 @@ def test_the_probe_reads_every_batch_and_gives_the_output_schema(picky_model: Pa
     schema = pa.ipc.read_schema(pa.py_buffer(answers[0]["schema"][0]))
     assert schema.names == ["id", "prediction"]
     assert schema.field("prediction").type == pa.float64()
+
+
+def test_loading_ahead_of_the_job_reads_all_its_input_and_gives_nothing(picky_model: Path) -> None:
+    from mlimg_runtime import spark
+
+    spark._models.pop(str(picky_model), None)
+    consumed: list[int] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = list(spark.load_in_worker(str(picky_model))(batches_of([1.0, 2.0, 3.0], 1, consumed)))
+    assert out == [] and consumed == [0, 1, 2]
+    assert str(picky_model) in spark._models  # the worker's next task finds it loaded
