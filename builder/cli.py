@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,14 +14,14 @@ from typing import Any
 import click
 
 import mlimg
-from mlimg import daemon, envs, manifests, spark
+from mlimg import daemon, envs, lock, manifests, spark
 from mlimg import host as host_runtime
 from mlimg.build import BuildSettings, build_and_tag, write_context
 from mlimg.engines import DEFAULT_ENGINE, ENGINES, serving_engine
 from mlimg.envmanagers import DEFAULT_ENV_MANAGER, ENV_MANAGERS
 from mlimg.errors import InvalidOption, MlimgError
 from mlimg.model import LocalModel, load_local_model
-from mlimg.plan import BuildOptions
+from mlimg.plan import BuildOptions, plan_build
 from mlimg.spark import SparkJob
 from mlimg.uris import open_model
 
@@ -68,6 +69,40 @@ _ENGINE_OPTION = click.option(
 )
 
 
+# Where packages come from: for builds, and for the locks made before them.
+_INDEX_OPTIONS = (
+    click.option(
+        "--ca-cert",
+        type=click.Path(dir_okay=False, path_type=Path),
+        envvar=["MLIMG_CA_CERT", "PIP_CERT"],
+        show_envvar=True,
+        help="A PEM CA bundle to trust while the build downloads packages (a corporate "
+        "proxy's CA). Defaults to $MLIMG_CA_CERT, then to $PIP_CERT, the bundle the host's "
+        "pip trusts. Never copied into the final image.",
+    ),
+    click.option("--no-ca-cert", is_flag=True, help="Trust no extra CA, even if $PIP_CERT is set."),
+    click.option(
+        "--pip-index-url",
+        metavar="URL",
+        envvar="MLIMG_PIP_INDEX_URL",
+        help="The package index to install from (may carry credentials; never kept in the image).",
+    ),
+    click.option(
+        "--pip-extra-index-url",
+        metavar="URL",
+        envvar="MLIMG_PIP_EXTRA_INDEX_URL",
+        help="An extra package index, searched beside the main one.",
+    ),
+)
+_FULL_MLFLOW_OPTION = click.option(
+    "--full-mlflow",
+    is_flag=True,
+    help="Install the full mlflow package the model pins. By default the image gets "
+    "mlflow-skinny of the same version (about 600 MB less) when the model's flavors "
+    "need nothing more.",
+)
+
+
 def _build_options(command: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         _MODEL_OPTION,
@@ -84,38 +119,8 @@ def _build_options(command: Callable[..., Any]) -> Callable[..., Any]:
             metavar="IMAGE",
             help="Base of the final image. Default: python:X.Y-slim, X.Y the model's Python.",
         ),
-        click.option(
-            "--ca-cert",
-            type=click.Path(dir_okay=False, path_type=Path),
-            envvar=["MLIMG_CA_CERT", "PIP_CERT"],
-            show_envvar=True,
-            help="A PEM CA bundle to trust while the build downloads packages (a corporate "
-            "proxy's CA). Defaults to $MLIMG_CA_CERT, then to $PIP_CERT, the bundle the host's "
-            "pip trusts. Never copied into the final image.",
-        ),
-        click.option(
-            "--no-ca-cert", is_flag=True, help="Trust no extra CA, even if $PIP_CERT is set."
-        ),
-        click.option(
-            "--pip-index-url",
-            metavar="URL",
-            envvar="MLIMG_PIP_INDEX_URL",
-            help="The package index to install from (may carry credentials; never kept in "
-            "the image).",
-        ),
-        click.option(
-            "--pip-extra-index-url",
-            metavar="URL",
-            envvar="MLIMG_PIP_EXTRA_INDEX_URL",
-            help="An extra package index, searched beside the main one.",
-        ),
-        click.option(
-            "--full-mlflow",
-            is_flag=True,
-            help="Install the full mlflow package the model pins. By default the image gets "
-            "mlflow-skinny of the same version (about 600 MB less) when the model's flavors "
-            "need nothing more.",
-        ),
+        *_INDEX_OPTIONS,
+        _FULL_MLFLOW_OPTION,
         click.option(
             "--system-package",
             "system_packages",
@@ -133,9 +138,16 @@ def _build_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "scikit-learn model).",
         ),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return _apply(tuple(options))(command)
+
+
+def _apply(options: tuple[Callable[..., Any], ...]) -> Callable[..., Any]:
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
 
 
 def _options(**options: Any) -> BuildOptions:
@@ -168,6 +180,48 @@ def generate_dockerfile(model_uri: str, output_dir: Path, **options: Any) -> Non
         _say(f"note: {notice}")
     _say(f"wrote {context.path}/Dockerfile and its build context")
     _say(f"build it with: docker build -t IMAGE {context.path}")
+
+
+@cli.command("lock")
+@_MODEL_OPTION
+@_ENGINE_OPTION
+@click.option(
+    "--platform",
+    type=click.Choice(list(lock.PLATFORMS)),
+    default=lock.DEFAULT_PLATFORM,
+    show_default=True,
+    help="The image's platform: the wheels locked are those it installs.",
+)
+@click.option(
+    "--python",
+    metavar="X.Y",
+    help="The image's Python. Default: the one the model was saved with.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the lock. Default: standard output.",
+)
+@_FULL_MLFLOW_OPTION
+@_apply(_INDEX_OPTIONS)
+@_reports_errors
+def lock_command(
+    model_uri: str, platform: str, python: str | None, output: Path | None, **options: Any
+) -> None:
+    """Resolve MODEL's environment and the serving engine to exact versions with hashes."""
+    if python is not None and not re.fullmatch(r"3\.\d{1,2}", python):
+        raise click.BadParameter(f"{python!r} is not a Python version X.Y", param_hint="'--python'")
+    if output is not None and not output.parent.is_dir():
+        raise click.BadParameter(f"the directory {output.parent} does not exist", param_hint="'-o'")
+    with open_model(model_uri) as resolved:
+        plan = plan_build(load_local_model(resolved), _options(**options))
+        result = lock.resolve(plan, _say, platform, python)
+    if output is None:
+        sys.stdout.write(result.text)
+        return
+    lock.write(result, output)
+    _say(f"wrote {output}: {len(result.pins)} packages pinned with their hashes ({result.digest})")
 
 
 def _manifest_options(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -60,7 +60,7 @@ def python_in(path: Path) -> Path:
 
 
 def _create_uv(model: LocalModel, path: Path, runtime: RuntimeInstall, work: Path) -> None:
-    uv = _uv_binary()
+    uv = uv_binary()
     # Byte-compiled as pip (the virtualenv manager's installer) and the images' builds leave
     # theirs: without it, every start under PYTHONDONTWRITEBYTECODE or on a read-only cache
     # compiles mlflow anew (the reuse check took 4.1 s rather than 1.7 s; each Spark worker's
@@ -173,7 +173,7 @@ def _run(
     return result.stdout if capture else ""
 
 
-def _uv_binary() -> str:
+def uv_binary() -> str:
     try:
         from uv import find_uv_bin
 

@@ -55,3 +55,7 @@ class SmokeTestFailed(MlimgError):
 
 class PushFailed(MlimgError):
     """The registry refused the image, or could not be reached."""
+
+
+class LockFailed(MlimgError):
+    """The requirements could not be resolved into a lock."""

@@ -1,0 +1,183 @@
+"""Locks: the model's environment and the serving engine's requirements resolved on the host
+to exact versions with their files' hashes, for the image's Python and platform.
+
+uv resolves (`uv pip compile --python-version X.Y --python-platform ...`), as the image would
+install: the model's own requirements first; then, with those pins as constraints, the engine's
+beside them (an engine `resolved_with_model` is resolved together with the model's instead, as
+its image does); then the packages the engine installs without their dependencies. The lock is
+a requirements file that pip and uv both install as it is (`--no-deps --require-hashes`).
+
+Linux wheels are chosen by their manylinux tag: `manylinux_2_28` (glibc 2.28, older than any
+supported base image's) gives the versions an online build picks, where `manylinux2014` alone
+makes uv fall back to old releases.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlimg
+from mlimg.envmanagers import uv_binary
+from mlimg.errors import InvalidOption, LockFailed
+from mlimg.plan import BuildPlan
+
+# Docker's platform names, and the wheel tags a lock picks for each.
+PLATFORMS = {
+    "linux/amd64": "x86_64-manylinux_2_28",
+    "linux/arm64": "aarch64-manylinux_2_28",
+}
+DEFAULT_PLATFORM = "linux/amd64"
+_RESOLVER_TIMEOUT = 900
+
+
+@dataclass(frozen=True)
+class Lock:
+    text: str  # the lock file: a header, then pinned requirements with hashes
+    python: str  # "3.11"
+    platform: str  # "linux/amd64"
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + hashlib.sha256(self.text.encode()).hexdigest()
+
+    @property
+    def pins(self) -> dict[str, str]:
+        """Each package's pinned version, by its name as written."""
+        found = {}
+        for line in self.text.splitlines():
+            name, sep, version = line.partition("==")
+            if sep and not line.startswith((" ", "#")):
+                found[name.strip()] = version.split()[0].rstrip("\\").strip()
+        return found
+
+
+def resolve(
+    plan: BuildPlan,
+    report: Callable[[str], None],
+    platform: str = DEFAULT_PLATFORM,
+    python: str | None = None,
+) -> Lock:
+    """Resolve the plan's requirements for `python` (default: the model's) on `platform`."""
+    if platform not in PLATFORMS:
+        raise InvalidOption(f"--platform {platform}: choose one of {', '.join(PLATFORMS)}")
+    python = python or plan.model.python_minor
+    report(f"locking the model's environment for Python {python} on {platform}")
+    with tempfile.TemporaryDirectory(prefix="mlimg-lock-") as tmp:
+        work = Path(tmp)
+        model = _write(work / "model.txt", plan.requirements)
+        runtime = _write(work / "runtime.txt", plan.runtime_requirements)
+        compile_ = _Compiler(plan, platform, python, work)
+        if _engine_joint(plan):
+            body = compile_("the model's and the engine's requirements together", model, runtime)
+        else:
+            pins = compile_("the model's requirements", model, hashes=False)
+            constraints = work / "model-pins.txt"
+            constraints.write_text(pins, encoding="utf-8")
+            body = compile_(
+                "the engine's requirements beside the model's pins",
+                model,
+                runtime,
+                constraints=constraints,
+            )
+        if plan.runtime_no_deps:
+            no_deps = _write(work / "no-deps.txt", plan.runtime_no_deps)
+            body += compile_("the engine's packages without dependencies", no_deps, no_deps=True)
+    return Lock(_header(plan, platform, python) + body, python, platform)
+
+
+def write(lock: Lock, path: Path) -> None:
+    """Write the lock whole or not at all."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        partial.write_text(lock.text, encoding="utf-8")
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _engine_joint(plan: BuildPlan) -> bool:
+    from mlimg.engines import serving_engine
+
+    return serving_engine(plan.engine).resolved_with_model
+
+
+def _header(plan: BuildPlan, platform: str, python: str) -> str:
+    return (
+        f'# mlimg {mlimg.__version__} lock: the environment of the model "'
+        f'{plan.model.display_name}" with the {plan.engine} engine\n'
+        f"# python: {python}\n"
+        f"# platform: {platform} ({PLATFORMS[platform]})\n"
+        "# install it as it is: pip install --no-deps --require-hashes -r THIS_FILE\n"
+    )
+
+
+class _Compiler:
+    """`uv pip compile` for the plan's Python, platform and indexes."""
+
+    def __init__(self, plan: BuildPlan, platform: str, python: str, work: Path) -> None:
+        self.command = [
+            uv_binary(),
+            "pip",
+            "compile",
+            "--python-version",
+            python,
+            "--python-platform",
+            PLATFORMS[platform],
+            "--no-header",
+            "--quiet",
+        ]
+        if plan.pip_index_url:
+            self.command += ["--index-url", plan.pip_index_url]
+        if plan.pip_extra_index_url:
+            self.command += ["--extra-index-url", plan.pip_extra_index_url]
+        self.env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never"}
+        if plan.ca_cert is not None:
+            self.env["SSL_CERT_FILE"] = str(plan.ca_cert)
+        self.work = work
+
+    def __call__(
+        self,
+        what: str,
+        *inputs: Path,
+        constraints: Path | None = None,
+        hashes: bool = True,
+        no_deps: bool = False,
+    ) -> str:
+        command = [*self.command, *map(str, inputs)]
+        if constraints is not None:
+            command += ["--constraint", str(constraints)]
+        if hashes:
+            command.append("--generate-hashes")
+        if no_deps:
+            command.append("--no-deps")
+        try:
+            result = subprocess.run(
+                command,
+                capture_output=True,
+                text=True,
+                env=self.env,
+                cwd=self.work,
+                timeout=_RESOLVER_TIMEOUT,
+            )
+        except subprocess.TimeoutExpired:
+            raise LockFailed(f"resolving {what} took over {_RESOLVER_TIMEOUT} s") from None
+        if result.returncode != 0:
+            raise LockFailed(f"cannot resolve {what}:\n{_reason(result.stderr)}")
+        return result.stdout
+
+
+def _reason(stderr: str) -> str:
+    """uv's explanation, without its blank lines and hints about its own options."""
+    lines = [line.rstrip() for line in stderr.splitlines() if line.strip()]
+    return "\n".join(lines[:40]) or "uv gave no reason"
+
+
+def _write(path: Path, requirements: Iterable[object]) -> Path:
+    path.write_text("".join(f"{requirement}\n" for requirement in requirements), "utf-8")
+    return path

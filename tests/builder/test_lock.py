@@ -1,0 +1,145 @@
+"""`mlimg lock`: the model's environment and the engine resolved on the host, with hashes, for
+the image's Python and platform. Real resolutions with uv against the package index."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlimg import lock
+from mlimg.envmanagers import uv_binary
+from mlimg.errors import LockFailed
+from mlimg.model import LocalModel, load_local_model
+from mlimg.plan import BuildOptions, plan_build
+from mlimg.uris import resolve_model_uri
+
+
+def local_model(path: Path) -> LocalModel:
+    return load_local_model(resolve_model_uri(str(path)))
+
+
+def mlimg(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mlimg", *args], capture_output=True, text=True, timeout=600
+    )
+
+
+def entries(text: str) -> dict[str, tuple[str, list[str]]]:
+    """Each locked package: its version and its hashes."""
+    found: dict[str, tuple[str, list[str]]] = {}
+    name = None
+    for line in text.splitlines():
+        if "==" in line and not line.startswith((" ", "#")):
+            name, version = line.split("==", 1)
+            found[name] = (version.split()[0], [])
+        elif line.strip().startswith("--hash=sha256:") and name is not None:
+            found[name][1].append(line.strip().split(":", 1)[1].rstrip(" \\"))
+    return found
+
+
+@pytest.fixture(scope="module")
+def iris_lock(example_model: Path) -> lock.Lock:
+    plan = plan_build(local_model(example_model), BuildOptions())
+    return lock.resolve(plan, lambda line: None)
+
+
+def test_the_lock_pins_the_model_and_the_runtime_with_hashes(iris_lock: lock.Lock) -> None:
+    locked = entries(iris_lock.text)
+    assert locked["scikit-learn"][0] == "1.9.1"  # the model's own pin holds
+    assert locked["mlflow-skinny"][0] == "3.17.2"  # the client the model was saved with
+    for runtime in ("flask", "gunicorn", "pandas", "numpy", "scipy"):
+        assert runtime in locked, runtime
+    assert all(hashes for _, hashes in locked.values()), "a package without a hash"
+    assert iris_lock.text.startswith("# mlimg ")
+    assert "# python: 3.11\n" in iris_lock.text and "x86_64-manylinux_2_28" in iris_lock.text
+    assert iris_lock.pins == {name: version for name, (version, _) in locked.items()}
+
+
+def test_the_lock_installs_as_it_is_and_is_complete(iris_lock: lock.Lock, tmp_path: Path) -> None:
+    """`--no-deps --require-hashes`: every file checked, nothing resolved again; `pip check`
+    then finds every dependency present."""
+    path = tmp_path / "iris.lock"
+    lock.write(iris_lock, path)
+    uv, venv = uv_binary(), tmp_path / "venv"
+    env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never"}
+    subprocess.run([uv, "venv", "-q", "--python", "3.11", str(venv)], check=True, env=env)
+    python = str(venv / "bin" / "python")
+    install = [uv, "pip", "install", "-q", "--python", python, "--no-deps", "--require-hashes"]
+    subprocess.run([*install, "-r", str(path)], check=True, env=env, timeout=600)
+    check = subprocess.run(
+        [uv, "pip", "check", "--python", python], capture_output=True, text=True, env=env
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    listed = subprocess.run(
+        [uv, "pip", "list", "--python", python, "--format=freeze"],
+        capture_output=True, text=True, env=env, check=True,
+    ).stdout  # fmt: skip
+    installed = dict(line.split("==", 1) for line in listed.split())
+    assert {name.lower(): version for name, version in installed.items()} == {
+        name.lower(): version for name, version in iris_lock.pins.items()
+    }
+
+
+def test_an_arm64_lock_has_the_same_versions(example_model: Path, iris_lock: lock.Lock) -> None:
+    """Resolved on this amd64 host for arm64: nothing here can run it. The hashes are those of
+    every file of each release (as pip-compile's), so the platforms differ only in versions
+    where a platform's wheels do, and not for this model."""
+    plan = plan_build(local_model(example_model), BuildOptions())
+    arm = lock.resolve(plan, lambda line: None, platform="linux/arm64")
+    assert "# platform: linux/arm64 (aarch64-manylinux_2_28)" in arm.text
+    assert arm.pins == iris_lock.pins
+    assert entries(arm.text) == entries(iris_lock.text)
+
+
+def test_the_mlserver_engine_is_locked_with_its_packages(example_model: Path) -> None:
+    plan = plan_build(local_model(example_model), BuildOptions(engine="mlserver"))
+    pins = lock.resolve(plan, lambda line: None).pins
+    assert pins["mlserver"] == "1.7.1" and "mlserver-mlflow" in pins
+    assert int(pins["protobuf"].split(".")[0]) < 7  # mlserver's pin wins over mlflow-skinny's
+    assert pins["scikit-learn"] == "1.9.1"
+
+
+def test_requirements_that_cannot_be_resolved_are_named(
+    example_model: Path, tmp_path: Path
+) -> None:
+    model = tmp_path / "model"
+    subprocess.run(["cp", "-r", str(example_model), str(model)], check=True)
+    requirements = model / "requirements.txt"
+    text = requirements.read_text().replace("scikit-learn==1.9.1", "scikit-learn==9.9.9")
+    requirements.write_text(text)
+    plan = plan_build(local_model(model), BuildOptions())
+    with pytest.raises(LockFailed, match="cannot resolve the model's requirements") as failed:
+        lock.resolve(plan, lambda line: None)
+    assert "scikit-learn==9.9.9" in str(failed.value)
+    result = mlimg("lock", "-m", str(model), "-o", str(tmp_path / "lock.txt"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "mlimg: error: cannot resolve the model's requirements" in result.stderr
+    assert not list(tmp_path.glob("*lock*"))  # nothing written
+
+
+def test_the_command_writes_to_stdout_or_a_file(example_model: Path, tmp_path: Path) -> None:
+    printed = mlimg("lock", "-m", str(example_model), "--python", "3.13")
+    assert printed.returncode == 0, printed.stderr
+    assert "# python: 3.13\n" in printed.stdout and "scikit-learn==1.9.1" in printed.stdout
+    written = mlimg("lock", "-m", str(example_model), "-o", str(tmp_path / "iris.lock"))
+    assert written.returncode == 0, written.stderr
+    assert "packages pinned with their hashes (sha256:" in written.stderr
+    assert (tmp_path / "iris.lock").read_text().count("--hash=sha256:") > 60
+    assert [p.name for p in tmp_path.iterdir()] == ["iris.lock"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--python", "3"], "is not a Python version X.Y"),
+        (["--platform", "linux/s390x"], "'linux/s390x' is not one of"),
+        (["-o", "/nonexistent/dir/lock.txt"], "does not exist"),
+    ],
+)
+def test_bad_options_are_refused(example_model: Path, args: list[str], message: str) -> None:
+    result = mlimg("lock", "-m", str(example_model), *args)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
