@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 import mlimg
-from mlimg import daemon, envs, lock, manifests, spark
+from mlimg import daemon, envs, lock, manifests, spark, wheelhouse
 from mlimg import host as host_runtime
 from mlimg.build import BuildSettings, build_and_tag, write_context
 from mlimg.engines import DEFAULT_ENGINE, ENGINES, serving_engine
@@ -182,21 +182,31 @@ def generate_dockerfile(model_uri: str, output_dir: Path, **options: Any) -> Non
     _say(f"build it with: docker build -t IMAGE {context.path}")
 
 
+_PLATFORM_OPTION = click.option(
+    "--platform",
+    type=click.Choice(list(lock.PLATFORMS)),
+    help=f"The image's platform: the wheels locked are those it installs. Default: "
+    f"{lock.DEFAULT_PLATFORM} (a given lock's own).",
+)
+_PYTHON_OPTION = click.option(
+    "--python",
+    metavar="X.Y",
+    callback=lambda ctx, param, value: _python_version(value),
+    help="The image's Python. Default: the one the model was saved with.",
+)
+
+
+def _python_version(value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(r"3\.\d{1,2}", value):
+        raise click.BadParameter(f"{value!r} is not a Python version X.Y")
+    return value
+
+
 @cli.command("lock")
 @_MODEL_OPTION
 @_ENGINE_OPTION
-@click.option(
-    "--platform",
-    type=click.Choice(list(lock.PLATFORMS)),
-    default=lock.DEFAULT_PLATFORM,
-    show_default=True,
-    help="The image's platform: the wheels locked are those it installs.",
-)
-@click.option(
-    "--python",
-    metavar="X.Y",
-    help="The image's Python. Default: the one the model was saved with.",
-)
+@_PLATFORM_OPTION
+@_PYTHON_OPTION
 @click.option(
     "-o",
     "--output",
@@ -207,11 +217,10 @@ def generate_dockerfile(model_uri: str, output_dir: Path, **options: Any) -> Non
 @_apply(_INDEX_OPTIONS)
 @_reports_errors
 def lock_command(
-    model_uri: str, platform: str, python: str | None, output: Path | None, **options: Any
+    model_uri: str, platform: str | None, python: str | None, output: Path | None, **options: Any
 ) -> None:
     """Resolve MODEL's environment and the serving engine to exact versions with hashes."""
-    if python is not None and not re.fullmatch(r"3\.\d{1,2}", python):
-        raise click.BadParameter(f"{python!r} is not a Python version X.Y", param_hint="'--python'")
+    platform = platform or lock.DEFAULT_PLATFORM
     if output is not None and not output.parent.is_dir():
         raise click.BadParameter(f"the directory {output.parent} does not exist", param_hint="'-o'")
     with open_model(model_uri) as resolved:
@@ -222,6 +231,58 @@ def lock_command(
         return
     lock.write(result, output)
     _say(f"wrote {output}: {len(result.pins)} packages pinned with their hashes ({result.digest})")
+
+
+@cli.command("wheels")
+@_MODEL_OPTION
+@_ENGINE_OPTION
+@click.option(
+    "-d",
+    "--directory",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The wheelhouse: created, or an earlier one replaced.",
+)
+@_PLATFORM_OPTION
+@_PYTHON_OPTION
+@click.option(
+    "--lock",
+    "lock_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Fill it for this lock (from mlimg lock) rather than resolving one.",
+)
+@click.option(
+    "--build-sdists",
+    is_flag=True,
+    help="Build here the wheels of packages that publish only source distributions (this "
+    "machine must be the image's platform and Python).",
+)
+@_FULL_MLFLOW_OPTION
+@_apply(_INDEX_OPTIONS)
+@_reports_errors
+def wheels(
+    model_uri: str,
+    directory: Path,
+    platform: str | None,
+    python: str | None,
+    lock_file: Path | None,
+    build_sdists: bool,
+    **options: Any,
+) -> None:
+    """Download every file MODEL's locked environment needs, for builds with no index."""
+    with open_model(model_uri) as resolved:
+        plan = plan_build(load_local_model(resolved), _options(**options))
+        if lock_file is not None:
+            locked = lock.read(lock_file)
+            lock.check_fits(locked, plan, platform or locked.platform, python)
+        else:
+            locked = lock.resolve(plan, _say, platform or lock.DEFAULT_PLATFORM, python)
+        house = wheelhouse.fill(locked, directory, plan, _say, build_sdists)
+    built = f", {len(house.built)} built here" if house.built else ""
+    _say(
+        f"wrote {house.files} files ({house.size / 1e6:,.0f} MB{built}) and their lock to "
+        f"{house.path}"
+    )
 
 
 def _manifest_options(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -59,3 +59,8 @@ class PushFailed(MlimgError):
 
 class LockFailed(MlimgError):
     """The requirements could not be resolved into a lock."""
+
+
+class WheelhouseFailed(MlimgError):
+    """A wheelhouse could not be filled: a package without a wheel for the target, a download
+    or a wheel build that failed."""

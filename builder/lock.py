@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from packaging.utils import canonicalize_name
+
 import mlimg
 from mlimg.envmanagers import uv_binary
 from mlimg.errors import InvalidOption, LockFailed
@@ -89,6 +91,66 @@ def resolve(
             no_deps = _write(work / "no-deps.txt", plan.runtime_no_deps)
             body += compile_("the engine's packages without dependencies", no_deps, no_deps=True)
     return Lock(_header(plan, platform, python) + body, python, platform)
+
+
+def read(path: Path) -> Lock:
+    """A lock written by `mlimg lock` (its header names its Python and platform)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidOption(f"--lock {path}: cannot read it ({exc})") from None
+    header: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.startswith("# "):
+            break  # the header ends where the requirements begin
+        key, sep, value = line[2:].partition(": ")
+        if sep:
+            header[key] = value
+    python, platform = header.get("python"), header.get("platform", "").split(" ")[0]
+    if not text.startswith("# mlimg ") or not python or platform not in PLATFORMS:
+        raise InvalidOption(
+            f"--lock {path}: not a lock written by mlimg lock (its header names no Python or "
+            "platform)"
+        )
+    return Lock(text, python, platform)
+
+
+def check_fits(lock: Lock, plan: BuildPlan, platform: str, python: str | None = None) -> None:
+    """Refuse a lock made for another Python or platform, or without a version that every
+    requirement of the plan (the model's and the engine's) accepts: the difference named."""
+    python = python or plan.model.python_minor
+    if lock.python != python:
+        raise InvalidOption(f"the lock is for Python {lock.python}; this image needs {python}")
+    if lock.platform != platform:
+        raise InvalidOption(f"the lock is for {lock.platform}; this image is for {platform}")
+    pins = {canonicalize_name(name): version for name, version in lock.pins.items()}
+    target = _marker_environment(python, platform)
+    wanted = [(r.requirement, r.source) for r in plan.requirements]
+    wanted += [(r, "the engine") for r in (*plan.runtime_requirements, *plan.runtime_no_deps)]
+    for requirement, source in wanted:
+        if requirement.marker is not None and not requirement.marker.evaluate(target):
+            continue
+        version = pins.get(canonicalize_name(requirement.name))
+        if version is None:
+            raise InvalidOption(f"the lock has no {requirement.name}, which {source} requires")
+        if not requirement.specifier.contains(version, prereleases=True):
+            raise InvalidOption(
+                f"the lock pins {requirement.name} {version}, and {source} requires {requirement}"
+            )
+
+
+def _marker_environment(python: str, platform: str) -> dict[str, str]:
+    machine = "x86_64" if platform == "linux/amd64" else "aarch64"
+    return {
+        "python_version": python,
+        "python_full_version": f"{python}.0",
+        "sys_platform": "linux",
+        "platform_system": "Linux",
+        "platform_machine": machine,
+        "os_name": "posix",
+        "implementation_name": "cpython",
+        "platform_python_implementation": "CPython",
+    }
 
 
 def write(lock: Lock, path: Path) -> None:

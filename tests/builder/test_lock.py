@@ -4,6 +4,7 @@ the image's Python and platform. Real resolutions with uv against the package in
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 
 from mlimg import lock
 from mlimg.envmanagers import uv_binary
-from mlimg.errors import LockFailed
+from mlimg.errors import InvalidOption, LockFailed
 from mlimg.model import LocalModel, load_local_model
 from mlimg.plan import BuildOptions, plan_build
 from mlimg.uris import resolve_model_uri
@@ -143,3 +144,52 @@ def test_the_command_writes_to_stdout_or_a_file(example_model: Path, tmp_path: P
 def test_bad_options_are_refused(example_model: Path, args: list[str], message: str) -> None:
     result = mlimg("lock", "-m", str(example_model), *args)
     assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_a_lock_that_fits_is_read_back_and_accepted(
+    example_model: Path, iris_lock: lock.Lock, tmp_path: Path
+) -> None:
+    path = tmp_path / "iris.lock"
+    lock.write(iris_lock, path)
+    again = lock.read(path)
+    assert again == iris_lock
+    lock.check_fits(again, plan_build(local_model(example_model), BuildOptions()), "linux/amd64")
+
+
+@pytest.mark.parametrize(
+    ("change", "platform", "message"),
+    [
+        (("scikit-learn==1.9.1", "scikit-learn==1.8.0"), "linux/amd64",
+         "the lock pins scikit-learn 1.8.0, and requirements.txt line "),
+        (("\nscikit-learn==", "\n# scikit-learn=="), "linux/amd64",
+         "the lock has no scikit-learn, which requirements.txt line "),
+        (("\ngunicorn==", "\n# gunicorn=="), "linux/amd64",
+         "the lock has no gunicorn, which the engine requires"),
+        (("# python: 3.11", "# python: 3.12"), "linux/amd64",
+         "the lock is for Python 3.12; this image needs 3.11"),
+        (("", ""), "linux/arm64", "the lock is for linux/amd64; this image is for linux/arm64"),
+    ],
+)  # fmt: skip
+def test_a_lock_that_does_not_fit_is_refused_with_the_difference_named(
+    example_model: Path,
+    iris_lock: lock.Lock,
+    tmp_path: Path,
+    change: tuple[str, str],
+    platform: str,
+    message: str,
+) -> None:
+    path = tmp_path / "iris.lock"
+    assert change[0] in iris_lock.text
+    path.write_text(iris_lock.text.replace(*change, 1))
+    plan = plan_build(local_model(example_model), BuildOptions())
+    with pytest.raises(InvalidOption, match=re.escape(message)):
+        lock.check_fits(lock.read(path), plan, platform)
+
+
+def test_a_file_that_is_not_a_lock_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "requirements.txt"
+    path.write_text("scikit-learn==1.9.1\n")
+    with pytest.raises(InvalidOption, match="not a lock written by mlimg lock"):
+        lock.read(path)
+    with pytest.raises(InvalidOption, match="cannot read it"):
+        lock.read(tmp_path / "missing.lock")
