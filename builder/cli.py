@@ -285,6 +285,41 @@ def wheels(
     )
 
 
+@cli.command("sbom")
+@click.argument("image")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write it. Default: standard output.",
+)
+@_reports_errors
+def sbom(image: str, output: Path | None) -> None:
+    """Print the CycloneDX SBOM of IMAGE's Python environment (an image mlimg built)."""
+    if output is not None and not output.parent.is_dir():
+        raise click.BadParameter(f"the directory {output.parent} does not exist", param_hint="'-o'")
+    client = daemon.connect()
+    labels = daemon.image_labels(client, image)
+    if labels is None:
+        raise InvalidOption(f"no image {image} in the Docker engine: build or pull it first")
+    path = labels.get("mlimg.sbom")
+    if not path:
+        raise InvalidOption(f"{image} carries no SBOM (no mlimg.sbom label): rebuild it with mlimg")
+    content = daemon.image_file(client, image, path)
+    if content is None:
+        raise InvalidOption(f"{image} has no {path}, which its mlimg.sbom label names")
+    if output is None:
+        sys.stdout.write(content.decode("utf-8"))
+        return
+    partial = output.with_name(f".{output.name}.partial")
+    try:
+        partial.write_bytes(content)
+        partial.replace(output)
+    finally:
+        partial.unlink(missing_ok=True)
+    _say(f"wrote {output}: the SBOM of {image} ({len(content):,} bytes)")
+
+
 def _manifest_options(command: Callable[..., Any]) -> Callable[..., Any]:
     defaults = manifests.ManifestOptions()
     options = [

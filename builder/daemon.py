@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import io
 import os
 import re
+import tarfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import docker
 from docker.auth import load_config, resolve_repository_name
-from docker.errors import APIError, DockerException, ImageNotFound
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.utils import parse_repository_tag
 
 from mlimg.errors import BuildFailed, EngineUnavailable, InvalidOption, PushFailed
@@ -277,6 +279,22 @@ def image_labels(client: docker.DockerClient, reference: str) -> dict[str, str] 
         return dict(client.images.get(reference).labels or {})
     except ImageNotFound:
         return None
+
+
+def image_file(client: docker.DockerClient, reference: str, path: str) -> bytes | None:
+    """A file's content in a local image (through a container created, never started, and
+    removed), or None when the image has no such file."""
+    container = client.containers.create(reference)
+    try:
+        stream, _ = container.get_archive(path)
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as archive:
+            member = archive.next()
+            found = archive.extractfile(member) if member is not None else None
+            return found.read() if found is not None else None
+    except NotFound:
+        return None
+    finally:
+        container.remove(force=True)
 
 
 def repo_digest(client: docker.DockerClient, reference: str) -> str | None:

@@ -25,6 +25,8 @@ from mlimg.errors import EnvironmentFailed, InvalidOption
 from mlimg.model import LocalModel
 
 UV_VERSION = "0.13.9"
+# Writes each image's SBOM in its build stage, from a venv of its own (so it is not listed).
+SBOM_TOOL = "cyclonedx-bom==7.5.0"
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from mlimg.envmanagers import DEFAULT_ENV_MANAGER, env_manager
 from mlimg.errors import InvalidOption
 from mlimg.model import LocalModel
 from mlimg.requirements import ModelRequirement, check_runtime_compatible
+from mlimg_runtime import contract
 
 # Flavors that load with the skinny client plus the pyfunc essentials: for these, images install
 # `mlflow-skinny` at the version the model pins `mlflow` to, and leave out the full package's
@@ -181,6 +182,7 @@ def image_labels(
         "mlimg.env-manager": env_manager,
         "mlimg.engine": engine,
         "mlimg.mlflow-package": mlflow_package(requirements) or "",
+        "mlimg.sbom": contract.SBOM_PATH,
     }
     return {key: value for key, value in labels.items() if value}
 

@@ -29,7 +29,7 @@ from packaging.requirements import Requirement
 
 import mlimg
 from mlimg.engines import serving_engine
-from mlimg.envmanagers import UV_VERSION, env_manager
+from mlimg.envmanagers import SBOM_TOOL, UV_VERSION, env_manager
 from mlimg.errors import OutputExists
 from mlimg.model import LocalModel
 from mlimg.plan import BuildPlan, has_credentials, redact_url
@@ -42,7 +42,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # What the templates read of the image contract (port, user, paths).
 _CONTRACT = {
     name: getattr(contract, name)
-    for name in ("PORT", "MODEL_PATH", "USER_ID", "USER_NAME", "HOME", "RUNTIME_PATH")
+    for name in ("PORT", "MODEL_PATH", "USER_ID", "USER_NAME", "HOME", "RUNTIME_PATH", "SBOM_PATH")
 }
 
 
@@ -68,6 +68,7 @@ def render_dockerfile(plan: BuildPlan) -> str:
         extra_index_url_default=_arg_default_url(plan.pip_extra_index_url),
         has_build_requirements=bool(plan.model.build_requirements),
         uv_version=UV_VERSION,
+        sbom_tool=SBOM_TOOL,
         keep_tests=plan.keep_tests,
         system_packages=plan.system_packages,
         labels=plan.labels,

@@ -17,6 +17,7 @@ USER_ID = 10001  # the image's user and group: not root, and no name needed to r
 USER_NAME = "mlimg"
 HOME = "/home/mlimg"
 RUNTIME_PATH = "/opt/mlimg"  # where the image keeps mlimg_runtime (on PYTHONPATH)
+SBOM_PATH = f"{RUNTIME_PATH}/sbom.cdx.json"  # the environment's CycloneDX SBOM (label mlimg.sbom)
 # The MLServer engine's ports beside PORT (its HTTP port): gRPC, and Prometheus metrics.
 MLSERVER_GRPC_PORT = 8081
 MLSERVER_METRICS_PORT = 8082
