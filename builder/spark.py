@@ -7,8 +7,9 @@ workers use that environment's interpreter in place; on any other master it is p
 (venv-pack), cached beside the environment, and shipped with the job (`spark.archives`), as
 PySpark's documentation recommends, with the model directory beside it.
 
-The output is written by Spark to a hidden directory beside the output path, then renamed into
-place: a failed or interrupted job leaves nothing where the output should be.
+The output is written by Spark to `OUTPUT.mlimg-partial-XXXX` beside the output path (not
+hidden: Spark would not read a hidden directory back), then renamed into place: a failed or
+interrupted job leaves nothing where the output should be.
 """
 
 from __future__ import annotations
