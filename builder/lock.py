@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterable
@@ -35,6 +36,10 @@ PLATFORMS = {
     "linux/arm64": "aarch64-manylinux_2_28",
 }
 DEFAULT_PLATFORM = "linux/amd64"
+# A lock's two sections: an image installs them in two layers, so that a change of mlimg's
+# runtime alone leaves the model's layer cached.
+MODEL_SECTION = "# --- the model's environment ---\n"
+ENGINE_SECTION = "# --- the serving engine's packages ---\n"
 _RESOLVER_TIMEOUT = 900
 
 
@@ -47,6 +52,22 @@ class Lock:
     @property
     def digest(self) -> str:
         return "sha256:" + hashlib.sha256(self.text.encode()).hexdigest()
+
+    @property
+    def model_part(self) -> str:
+        """The model's section: what the model's own requirements need."""
+        return self._section(MODEL_SECTION, ENGINE_SECTION)
+
+    @property
+    def engine_part(self) -> str:
+        """The serving engine's section: what the engine adds beside the model's."""
+        return self._section(ENGINE_SECTION, None)
+
+    def _section(self, start: str, end: str | None) -> str:
+        if start not in self.text:
+            raise InvalidOption("the lock has no sections: write it again with mlimg lock")
+        rest = self.text.split(start, 1)[1]
+        return rest.split(end, 1)[0] if end else rest
 
     @property
     def pins(self) -> dict[str, str]:
@@ -75,10 +96,10 @@ def resolve(
         model = _write(work / "model.txt", plan.requirements)
         runtime = _write(work / "runtime.txt", plan.runtime_requirements)
         compile_ = _Compiler(plan, platform, python, work)
+        pins = compile_("the model's requirements", model, hashes=False)
         if _engine_joint(plan):
             body = compile_("the model's and the engine's requirements together", model, runtime)
         else:
-            pins = compile_("the model's requirements", model, hashes=False)
             constraints = work / "model-pins.txt"
             constraints.write_text(pins, encoding="utf-8")
             body = compile_(
@@ -90,7 +111,26 @@ def resolve(
         if plan.runtime_no_deps:
             no_deps = _write(work / "no-deps.txt", plan.runtime_no_deps)
             body += compile_("the engine's packages without dependencies", no_deps, no_deps=True)
-    return Lock(_header(plan, platform, python) + body, python, platform)
+    entries = _entries(body)
+    model_names = set(_entries(pins))
+    model_part = "".join(block for name, block in entries.items() if name in model_names)
+    engine_part = "".join(block for name, block in entries.items() if name not in model_names)
+    sections = MODEL_SECTION + model_part + ENGINE_SECTION + engine_part
+    return Lock(_header(plan, platform, python) + sections, python, platform)
+
+
+def _entries(text: str) -> dict[str, str]:
+    """A pip-compile output's entries by package name: each requirement line with the hash and
+    annotation lines under it."""
+    entries: dict[str, str] = {}
+    name = None
+    for line in text.splitlines(keepends=True):
+        if line.strip() and not line.startswith((" ", "#")):
+            name = canonicalize_name(re.split(r"[=@ \[;]", line, maxsplit=1)[0])
+            entries[name] = ""
+        if name is not None:
+            entries[name] += line
+    return entries
 
 
 def read(path: Path) -> Lock:
