@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlimg import daemon
+from mlimg import daemon, lock
 from mlimg.errors import PushFailed
 from mlimg.model import load_local_model
 from mlimg.plan import BuildOptions, BuildPlan, plan_build
@@ -58,6 +58,7 @@ def write_context(
         plan = plan_build(model, options)
         if plan.ca_cert is not None:
             report(f"trusting the CA bundle {plan.ca_cert} during the build")
+        plan = lock.locked(plan, options.lock_file, report)
         return render_context(plan, dest, link_model_files=link_model_files)
 
 

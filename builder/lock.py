@@ -14,9 +14,11 @@ makes uv fall back to old releases.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterable
@@ -29,6 +31,7 @@ import mlimg
 from mlimg.envmanagers import uv_binary
 from mlimg.errors import InvalidOption, LockFailed
 from mlimg.plan import BuildPlan
+from mlimg.requirements import BUILD_FILES_DIR, ModelRequirement, in_model_file, relocated
 
 # Docker's platform names, and the wheel tags a lock picks for each.
 PLATFORMS = {
@@ -93,7 +96,7 @@ def resolve(
     report(f"locking the model's environment for Python {python} on {platform}")
     with tempfile.TemporaryDirectory(prefix="mlimg-lock-") as tmp:
         work = Path(tmp)
-        model = _write(work / "model.txt", plan.requirements)
+        model = _write(work / "model.txt", _files_in(plan, work / "files"))
         runtime = _write(work / "runtime.txt", plan.runtime_requirements)
         compile_ = _Compiler(plan, platform, python, work)
         pins = compile_("the model's requirements", model, hashes=False)
@@ -111,12 +114,29 @@ def resolve(
         if plan.runtime_no_deps:
             no_deps = _write(work / "no-deps.txt", plan.runtime_no_deps)
             body += compile_("the engine's packages without dependencies", no_deps, no_deps=True)
+    # A file inside the model, as the image's build stage finds it.
+    body = body.replace(f"file://{work}/files/", f"file://{BUILD_FILES_DIR}/")
+    pins = pins.replace(f"file://{work}/files/", f"file://{BUILD_FILES_DIR}/")
     entries = _entries(body)
     model_names = set(_entries(pins))
     model_part = "".join(block for name, block in entries.items() if name in model_names)
     engine_part = "".join(block for name, block in entries.items() if name not in model_names)
     sections = MODEL_SECTION + model_part + ENGINE_SECTION + engine_part
     return Lock(_header(plan, platform, python) + sections, python, platform)
+
+
+def _files_in(plan: BuildPlan, directory: Path) -> list[ModelRequirement]:
+    """The model's requirements, the files inside the model they name copied to `directory`
+    (so that the lock names them by a path that does not depend on the model's)."""
+    requirements = []
+    for item in plan.requirements:
+        inside = in_model_file(item, plan.model.path)
+        if inside is not None:
+            (directory / inside).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(plan.model.path / inside, directory / inside)
+            item = relocated(item, str(directory), inside)
+        requirements.append(item)
+    return requirements
 
 
 def _entries(text: str) -> dict[str, str]:
@@ -131,6 +151,18 @@ def _entries(text: str) -> dict[str, str]:
         if name is not None:
             entries[name] += line
     return entries
+
+
+def locked(plan: BuildPlan, lock_file: Path | None, report: Callable[[str], None]) -> BuildPlan:
+    """The plan with the lock its image installs: `lock_file`'s, checked against the plan,
+    or a new one; its digest goes into the label mlimg.lock."""
+    if lock_file is not None:
+        lock = read(lock_file)
+        check_fits(lock, plan, DEFAULT_PLATFORM)
+        report(f"installing from the lock {lock_file} ({lock.digest})")
+    else:
+        lock = resolve(plan, report)
+    return dataclasses.replace(plan, lock=lock, labels={**plan.labels, "mlimg.lock": lock.digest})
 
 
 def read(path: Path) -> Lock:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from packaging.requirements import Requirement
@@ -16,6 +17,9 @@ from mlimg.errors import InvalidOption
 from mlimg.model import LocalModel
 from mlimg.requirements import ModelRequirement, check_runtime_compatible
 from mlimg_runtime import contract
+
+if TYPE_CHECKING:
+    from mlimg.lock import Lock
 
 # Flavors that load with the skinny client plus the pyfunc essentials: for these, images install
 # `mlflow-skinny` at the version the model pins `mlflow` to, and leave out the full package's
@@ -47,6 +51,7 @@ class BuildOptions:
     full_mlflow: bool = False  # keep a pinned `mlflow` as it is instead of mlflow-skinny
     keep_tests: bool = False  # keep the test suites packages ship (tests/ in site-packages)
     system_packages: tuple[str, ...] = ()  # Debian packages the final image needs
+    lock_file: Path | None = None  # install from this lock (mlimg lock) rather than a new one
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,7 @@ class BuildPlan:
     pip_extra_index_url: str | None
     keep_tests: bool = False
     system_packages: tuple[str, ...] = ()  # apt-get installed in the final stage
+    lock: Lock | None = None  # what the image installs (lock.locked); None until resolved
 
     @property
     def build_args(self) -> dict[str, str]:

@@ -19,25 +19,23 @@ from dataclasses import dataclass
 from importlib.resources import as_file, files
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import certifi
 import yaml
 from jinja2 import FileSystemLoader, StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
-from packaging.requirements import Requirement
 
 import mlimg
 from mlimg.engines import serving_engine
 from mlimg.envmanagers import SBOM_TOOL, UV_VERSION, env_manager
 from mlimg.errors import OutputExists
+from mlimg.lock import Lock
 from mlimg.model import LocalModel
 from mlimg.plan import BuildPlan, has_credentials, redact_url
-from mlimg.requirements import ModelRequirement, file_url_path
+from mlimg.requirements import BUILD_FILES_DIR, ModelRequirement, in_model_file, relocated
 from mlimg_runtime import contract
 
 MARKER = "mlimg/context.json"  # marks a directory as one that mlimg wrote (and may replace)
-_BUILD_ENV_DIR = "/tmp/mlimg/env"  # where every template copies the context's env/
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # What the templates read of the image contract (port, user, paths).
 _CONTRACT = {
@@ -74,8 +72,6 @@ def render_dockerfile(plan: BuildPlan) -> str:
         labels=plan.labels,
         entrypoint=json.dumps(engine.entrypoint),
         healthcheck=json.dumps(engine.healthcheck),
-        runtime_no_deps=bool(plan.runtime_no_deps),
-        runtime_joint=engine.resolved_with_model,
         exposed_ports=" ".join(str(p) for p in (contract.PORT, *dict(engine.ports).values())),
         contract=_CONTRACT,
         contract_env=" ".join(
@@ -139,31 +135,40 @@ def _atomic_directory(dest: Path) -> Iterator[Path]:
 def _write_environment(plan: BuildPlan, env_dir: Path) -> None:
     env_dir.mkdir()
     model = plan.model
-    requirements = [_in_build_stage(req, model.path, env_dir) for req in plan.requirements]
-    _write_lines(env_dir / "requirements.txt", [str(req) for req in requirements])
+    locked = _lock_of(plan)
+    for item in plan.requirements:
+        _in_build_stage(item, model.path, env_dir)  # a file inside the model, for its lock entry
+    (env_dir / "requirements.lock").write_text(
+        "# The model's environment, from the image's lock (mlimg/requirements.lock)\n"
+        + locked.model_part,
+        encoding="utf-8",
+    )
     if model.build_requirements:
         build = [_in_build_stage(req, model.path, env_dir) for req in model.build_requirements]
         _write_lines(env_dir / "build-requirements.txt", [str(req) for req in build])
     if plan.env_manager == "conda":
-        conda_yaml = yaml.safe_dump(conda_environment(model, requirements), sort_keys=False)
+        # conda's own packages; the pip section's are installed from the lock.
+        conda_yaml = yaml.safe_dump(conda_environment(model, ()), sort_keys=False)
         (env_dir / "conda.yaml").write_text(conda_yaml, encoding="utf-8")
+
+
+def _lock_of(plan: BuildPlan) -> Lock:
+    if plan.lock is None:
+        raise ValueError("a build context needs the plan's lock (lock.locked)")
+    return plan.lock
 
 
 def _in_build_stage(item: ModelRequirement, model_dir: Path, env_dir: Path) -> ModelRequirement:
     """A requirement as the build stage sees it: a `file:` URL inside the model (the only
     kind `requirements` lets through) becomes a copy under the context's env/files."""
-    url = item.requirement.url
-    path = file_url_path(url) if url else None
-    if path is None:
+    inside = in_model_file(item, model_dir)
+    if inside is None:
         return item
-    inside = Path(os.path.relpath(os.path.realpath(path), os.path.realpath(model_dir)))
     copy = env_dir / "files" / inside
     copy.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(path, copy)
+    shutil.copyfile(model_dir / inside, copy)
     os.chmod(copy, 0o644)
-    build_url = f"file://{_BUILD_ENV_DIR}/files/{quote(inside.as_posix())}"
-    requirement = Requirement(str(item.requirement).replace(url, build_url, 1))
-    return ModelRequirement(requirement, item.source)
+    return relocated(item, BUILD_FILES_DIR, inside)
 
 
 def conda_environment(
@@ -183,7 +188,8 @@ def conda_environment(
         deps.insert(0, f"python={model.python_version}")
     if not any(isinstance(dep, str) and dep.startswith("pip") for dep in deps):
         deps.append("pip")
-    deps.append({"pip": [str(req) for req in requirements]})
+    if requirements:
+        deps.append({"pip": [str(req) for req in requirements]})
     return {
         "name": "mlimg-env",
         "channels": source.get("channels") or ["conda-forge"],
@@ -193,11 +199,13 @@ def conda_environment(
 
 def _write_mlimg_files(plan: BuildPlan, mlimg_dir: Path) -> None:
     mlimg_dir.mkdir()
-    _write_lines(
-        mlimg_dir / "runtime-requirements.txt", [str(req) for req in plan.runtime_requirements]
+    locked = _lock_of(plan)
+    (mlimg_dir / "runtime.lock").write_text(
+        "# The serving engine's packages, from the image's lock (requirements.lock)\n"
+        + locked.engine_part,
+        encoding="utf-8",
     )
-    if plan.runtime_no_deps:
-        _write_lines(mlimg_dir / "runtime-no-deps.txt", [str(req) for req in plan.runtime_no_deps])
+    (mlimg_dir / "requirements.lock").write_text(locked.text, encoding="utf-8")
     with as_file(files("mlimg_runtime")) as runtime_src:
         _copy_tree(Path(runtime_src), mlimg_dir / "mlimg_runtime", link=False)
     if plan.ca_cert is not None:

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from packaging.requirements import InvalidRequirement as _PackagingInvalid
 from packaging.requirements import Requirement
@@ -54,6 +54,28 @@ def parse_requirement(line: str, source: str, base_dir: Path | None = None) -> M
     if url is not None:
         _check_direct_reference(url, source, base_dir)
     return requirement
+
+
+# Where an image's build stage finds the files inside the model that requirements name.
+BUILD_FILES_DIR = "/tmp/mlimg/env/files"
+
+
+def in_model_file(item: ModelRequirement, model_dir: Path) -> Path | None:
+    """Where in the model the file a `file:` requirement names lies (a relative path), or None
+    for any other requirement (`parse_requirement` lets only files inside the model through)."""
+    url = item.requirement.url
+    path = file_url_path(url) if url else None
+    if path is None:
+        return None
+    return Path(os.path.relpath(os.path.realpath(path), os.path.realpath(model_dir)))
+
+
+def relocated(item: ModelRequirement, directory: str, inside: Path) -> ModelRequirement:
+    """A `file:` requirement pointing at `inside` under `directory` instead."""
+    url = item.requirement.url or ""
+    new_url = f"file://{directory}/{quote(inside.as_posix())}"
+    requirement = Requirement(str(item.requirement).replace(url, new_url, 1))
+    return ModelRequirement(requirement, item.source)
 
 
 def file_url_path(url: str) -> Path | None:
