@@ -122,6 +122,14 @@ def _build_options(command: Callable[..., Any]) -> Callable[..., Any]:
         *_INDEX_OPTIONS,
         _FULL_MLFLOW_OPTION,
         click.option(
+            "--lock",
+            "lock_file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Install from this lock (from mlimg lock) rather than resolving one, so that a "
+            "rebuild installs the same files; refused, with the difference named, if it does "
+            "not fit the model.",
+        ),
+        click.option(
             "--system-package",
             "system_packages",
             multiple=True,

@@ -309,7 +309,8 @@ class _Compiler:
 def _reason(stderr: str) -> str:
     """uv's explanation, without its blank lines and hints about its own options."""
     lines = [line.rstrip() for line in stderr.splitlines() if line.strip()]
-    return "\n".join(lines[:40]) or "uv gave no reason"
+    reason = "\n".join(lines[:40]) or "uv gave no reason"
+    return re.sub(r"//[^/@\s]+@", "//***@", reason)  # an index URL's credentials
 
 
 def _write(path: Path, requirements: Iterable[object]) -> Path:

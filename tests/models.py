@@ -104,3 +104,18 @@ flavors:
 mlflow_version: 3.17.2
 model_uuid: 0123456789abcdef
 """
+
+
+def with_unresolved_lock(plan):  # type: ignore[no-untyped-def]
+    """The plan with a lock made of its requirements as written, neither resolved nor hashed:
+    for tests of what is rendered, which never install it (tests/builder/test_lock.py resolves
+    real ones)."""
+    import dataclasses
+
+    from mlimg.lock import ENGINE_SECTION, MODEL_SECTION, Lock
+
+    model = "".join(f"{item}\n" for item in plan.requirements)
+    engine = "".join(f"{item}\n" for item in (*plan.runtime_requirements, *plan.runtime_no_deps))
+    header = f"# mlimg test lock\n# python: {plan.model.python_minor}\n# platform: linux/amd64\n"
+    text = header + MODEL_SECTION + model + ENGINE_SECTION + engine
+    return dataclasses.replace(plan, lock=Lock(text, plan.model.python_minor, "linux/amd64"))

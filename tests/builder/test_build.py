@@ -34,4 +34,6 @@ def test_write_context_reports_the_trusted_ca(sklearn_model: Path, tmp_path: Pat
         str(sklearn_model), BuildOptions(ca_cert=ca), tmp_path / "c", said.append
     )
     assert (context.path / "Dockerfile").is_file()
-    assert said == [f"trusting the CA bundle {ca} during the build"]
+    assert said[0] == f"trusting the CA bundle {ca} during the build"
+    assert said[1] == "locking the model's environment for Python 3.11 on linux/amd64"
+    assert "mlimg.lock" in context.plan.labels

@@ -110,6 +110,8 @@ def test_bad_ca_cert_is_a_usage_error(sklearn_model: Path, tmp_path: Path) -> No
 def test_credentials_in_index_url_are_announced_not_written(
     sklearn_model: Path, tmp_path: Path
 ) -> None:
+    locked = mlimg("lock", "-m", str(sklearn_model), "-o", "iris.lock", cwd=tmp_path)
+    assert locked.returncode == 0, locked.stderr
     result = mlimg(
         "generate-dockerfile",
         "-m",
@@ -117,12 +119,20 @@ def test_credentials_in_index_url_are_announced_not_written(
         "--no-ca-cert",
         "--pip-index-url",
         "https://me:hunter2@index.example.invalid/simple",
+        "--lock",
+        str(tmp_path / "iris.lock"),
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
     assert "--build-arg PIP_INDEX_URL='https://***@index.example.invalid/simple'" in result.stderr
     assert "hunter2" not in result.stderr
     assert "hunter2" not in (tmp_path / "mlimg-dockerfile" / "Dockerfile").read_text()
+    unreachable = mlimg(
+        "generate-dockerfile", "-m", str(sklearn_model), "--no-ca-cert", "-d", "other",
+        "--pip-index-url", "https://me:hunter2@index.example.invalid/simple", cwd=tmp_path,
+    )  # fmt: skip
+    assert unreachable.returncode == 1 and "hunter2" not in unreachable.stderr
+    assert "cannot resolve the model's requirements" in unreachable.stderr
 
 
 @pytest.mark.parametrize("tag", ["UPPER/case", "name:bad tag", "-leading", "a//b"])

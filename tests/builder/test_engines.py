@@ -16,7 +16,7 @@ from mlimg.plan import BuildOptions, plan_build
 from mlimg.render import render_context, render_dockerfile
 from mlimg.uris import resolve_model_uri
 from mlimg_runtime import contract
-from tests.models import PYFUNC_MLMODEL, write_fake_model
+from tests.models import PYFUNC_MLMODEL, with_unresolved_lock, write_fake_model
 
 
 def model_of(path: Path):
@@ -31,9 +31,7 @@ def test_the_default_engine_is_mlimgs_own_and_installs_its_runtime(sklearn_model
     dockerfile = render_dockerfile(plan)
     assert 'ENTRYPOINT ["python", "-m", "mlimg_runtime"]' in dockerfile
     assert "\nEXPOSE 8080\n" in dockerfile
-    assert (
-        "-c /tmp/mlimg/model-constraints.txt -r /tmp/mlimg/runtime-requirements.txt" in dockerfile
-    )
+    assert "--no-deps --require-hashes -r /tmp/mlimg/runtime.lock" in dockerfile
 
 
 def test_mlserver_engine_plan_context_and_dockerfile(sklearn_model: Path, tmp_path: Path) -> None:
@@ -44,16 +42,14 @@ def test_mlserver_engine_plan_context_and_dockerfile(sklearn_model: Path, tmp_pa
     assert str(runtime["mlserver"].specifier) == "==1.7.1"
     assert "<0.22" in str(runtime["uvloop"].specifier)  # 0.22 kills MLServer's workers
     assert "flask" not in runtime and "gunicorn" not in runtime
-    context = render_context(plan, tmp_path / "ctx")
+    context = render_context(with_unresolved_lock(plan), tmp_path / "ctx")
     dockerfile = context.dockerfile
     assert 'ENTRYPOINT ["python", "-m", "mlimg_runtime.mlserver_engine"]' in dockerfile
     ports = (contract.PORT, contract.MLSERVER_GRPC_PORT, contract.MLSERVER_METRICS_PORT)
     assert f"\nEXPOSE {' '.join(map(str, ports))}\n" in dockerfile
-    # resolved together with the model's own requirements, then mlserver-mlflow alone
-    assert "-r /tmp/mlimg/env/requirements.txt -r /tmp/mlimg/runtime-requirements.txt" in dockerfile
-    assert "--no-deps -r /tmp/mlimg/runtime-no-deps.txt" in dockerfile
-    no_deps = (context.path / "mlimg" / "runtime-no-deps.txt").read_text()
-    assert no_deps == "mlserver-mlflow==1.7.1\n"
+    # its packages, mlserver-mlflow among them, from the engine's section of the lock
+    assert "--no-deps --require-hashes -r /tmp/mlimg/runtime.lock" in dockerfile
+    assert "mlserver-mlflow==1.7.1\n" in (context.path / "mlimg" / "runtime.lock").read_text()
     marker = json.loads((context.path / "mlimg" / "context.json").read_text())
     assert marker["engine"] == "mlserver"
 

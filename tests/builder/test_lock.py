@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -193,3 +194,58 @@ def test_a_file_that_is_not_a_lock_is_refused(tmp_path: Path) -> None:
         lock.read(path)
     with pytest.raises(InvalidOption, match="cannot read it"):
         lock.read(tmp_path / "missing.lock")
+
+
+def tiny_wheel(directory: Path) -> Path:
+    """A valid, minimal pure-Python wheel (mlimg-test-pkg 1.0)."""
+    import zipfile
+
+    wheel = directory / "mlimg_test_pkg-1.0-py3-none-any.whl"
+    info = "mlimg_test_pkg-1.0.dist-info"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("mlimg_test_pkg/__init__.py", "")
+        archive.writestr(
+            f"{info}/METADATA", "Metadata-Version: 2.1\nName: mlimg-test-pkg\nVersion: 1.0\n"
+        )
+        archive.writestr(
+            f"{info}/WHEEL",
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        )
+        archive.writestr(f"{info}/RECORD", "")
+    return wheel
+
+
+def test_a_wheel_inside_the_model_is_locked_by_its_path_in_the_build_stage(
+    example_model: Path, tmp_path: Path
+) -> None:
+    import hashlib
+
+    model = tmp_path / "model"
+    shutil.copytree(example_model, model)
+    (model / "wheels").mkdir()
+    wheel = tiny_wheel(model / "wheels")
+    with (model / "requirements.txt").open("a") as requirements:
+        requirements.write(f"\nmlimg-test-pkg @ {wheel.as_uri()}\n")
+    locked = lock.resolve(plan_build(local_model(model), BuildOptions()), lambda line: None)
+    entry = f"mlimg-test-pkg @ file:///tmp/mlimg/env/files/wheels/{wheel.name}"
+    assert entry in locked.model_part
+    assert hashlib.sha256(wheel.read_bytes()).hexdigest() in locked.text
+    assert str(tmp_path) not in locked.text  # the same lock wherever the model lies
+
+
+def test_generate_dockerfile_takes_a_lock_and_refuses_one_that_does_not_fit(
+    example_model: Path, iris_lock: lock.Lock, tmp_path: Path
+) -> None:
+    good = tmp_path / "iris.lock"
+    lock.write(iris_lock, good)
+    result = mlimg("generate-dockerfile", "-m", str(example_model), "--lock", str(good), "-d",
+                   str(tmp_path / "ctx"))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "ctx" / "mlimg" / "requirements.lock").read_text() == iris_lock.text
+    assert f'mlimg.lock="{iris_lock.digest}"' in (tmp_path / "ctx" / "Dockerfile").read_text()
+    other = tmp_path / "other.lock"
+    other.write_text(iris_lock.text.replace("\nscikit-learn==1.9.1", "\nscikit-learn==1.8.0"))
+    refused = mlimg("generate-dockerfile", "-m", str(example_model), "--lock", str(other), "-d",
+                    str(tmp_path / "ctx2"))  # fmt: skip
+    assert refused.returncode == 2 and "the lock pins scikit-learn 1.8.0" in refused.stderr
+    assert not (tmp_path / "ctx2").exists()

@@ -13,13 +13,14 @@ from mlimg.model import load_local_model
 from mlimg.plan import BuildOptions, plan_build
 from mlimg.render import render_context, render_dockerfile
 from mlimg.uris import resolve_model_uri
-from tests.models import PYFUNC_MLMODEL, write_fake_model
+from tests.models import PYFUNC_MLMODEL, with_unresolved_lock, write_fake_model
 
 SECRET_URL = "https://user:s3cr3t-t0ken@index.example.invalid/simple"
 
 
 def plan_for(model_dir: Path, **options):
-    return plan_build(load_local_model(resolve_model_uri(str(model_dir))), BuildOptions(**options))
+    model = load_local_model(resolve_model_uri(str(model_dir)))
+    return with_unresolved_lock(plan_build(model, BuildOptions(**options)))
 
 
 OPTION_SETS = [
@@ -60,7 +61,7 @@ def test_layers_run_from_stable_to_model_specific(
         return next(i for i, line in enumerate(instructions) if line.startswith(prefix))
 
     final_from = [i for i, line in enumerate(instructions) if line.startswith("FROM ")][1]
-    assert first("COPY env ") < first("COPY mlimg/runtime-requirements.txt") < final_from
+    assert first("COPY env ") < first("COPY mlimg/runtime.lock") < final_from
     assert first("LABEL ") > first("ENTRYPOINT ") > final_from
     assert instructions[-1] == "COPY model /opt/ml/model"
     assert instructions[-2].startswith("LABEL ")
@@ -82,10 +83,11 @@ def test_context_is_self_contained(sklearn_model: Path, ca_cert: Path, tmp_path:
     assert (root / "model" / "MLmodel").read_bytes() == (sklearn_model / "MLmodel").read_bytes()
     assert (root / "mlimg" / "mlimg_runtime" / "server.py").is_file()
     assert not list(root.rglob("__pycache__"))
-    assert "scikit-learn==1.9.1" in (root / "env" / "requirements.txt").read_text()
+    assert "scikit-learn==1.9.1" in (root / "env" / "requirements.lock").read_text()
     bundle = (root / "mlimg" / "ca-bundle.pem").read_text()
     assert bundle.startswith(ca_cert.read_text().rstrip("\n"))
-    assert "flask>=" in (root / "mlimg" / "runtime-requirements.txt").read_text()
+    assert "flask>=" in (root / "mlimg" / "runtime.lock").read_text()
+    assert (root / "mlimg" / "requirements.lock").read_text() == context.plan.lock.text
 
 
 def test_credentials_are_never_written(sklearn_model: Path, tmp_path: Path) -> None:
@@ -181,7 +183,10 @@ def test_conda_environment_keeps_channels_and_checked_pip_lines(
     env = yaml.safe_load((context.path / "env" / "conda.yaml").read_text())
     assert env["channels"] == ["conda-forge"]
     assert env["dependencies"][0] == "python=3.11.7"
-    assert "scikit-learn==1.9.1" in env["dependencies"][-1]["pip"]
+    # Its pip packages come from the lock, after conda's own.
+    assert not [dep for dep in env["dependencies"] if isinstance(dep, dict)]
+    assert "scikit-learn==1.9.1" in (context.path / "env" / "requirements.lock").read_text()
+    assert "--require-hashes -r /tmp/mlimg/env/requirements.lock" in context.dockerfile
     assert "FROM mambaorg/micromamba:" in context.dockerfile
     assert "\nFROM debian:bookworm-slim\n" in context.dockerfile
 
@@ -200,8 +205,8 @@ def test_a_pinned_mlflow_becomes_mlflow_skinny_of_the_same_version(tmp_path: Pat
     ]
     assert plan.labels["mlimg.mlflow-package"] == "mlflow-skinny"
     context = render_context(plan, tmp_path / "ctx")
-    written = (context.path / "env" / "requirements.txt").read_text().splitlines()
-    assert written == ["mlflow-skinny==3.17.2", "cloudpickle==3.1.1", "numpy", "pandas"]
+    written = (context.path / "env" / "requirements.lock").read_text().splitlines()
+    assert written[1:] == ["mlflow-skinny==3.17.2", "cloudpickle==3.1.1", "numpy", "pandas"]
 
 
 def test_the_swap_keeps_the_models_own_numpy_and_pandas_pins(sklearn_model: Path) -> None:
