@@ -243,8 +243,9 @@ def _engine_joint(plan: BuildPlan) -> bool:
 
 def _header(plan: BuildPlan, platform: str, python: str) -> str:
     return (
-        f'# mlimg {mlimg.__version__} lock: the environment of the model "'
-        f'{plan.model.display_name}" with the {plan.engine} engine\n'
+        # Nothing of the model's identity: models with the same requirements share a lock, and
+        # so their images share the layers that install it.
+        f"# mlimg {mlimg.__version__} lock: a model's environment with the {plan.engine} engine\n"
         f"# python: {python}\n"
         f"# platform: {platform} ({PLATFORMS[platform]})\n"
         "# install it as it is: pip install --no-deps --require-hashes -r THIS_FILE\n"
