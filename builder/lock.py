@@ -196,15 +196,19 @@ def check_fits(lock: Lock, plan: BuildPlan, platform: str, python: str | None = 
     if lock.platform != platform:
         raise InvalidOption(f"the lock is for {lock.platform}; this image is for {platform}")
     pins = {canonicalize_name(name): version for name, version in lock.pins.items()}
+    entries = _entries(lock.text)  # direct references (NAME @ URL) too
     target = _marker_environment(python, platform)
     wanted = [(r.requirement, r.source) for r in plan.requirements]
     wanted += [(r, "the engine") for r in (*plan.runtime_requirements, *plan.runtime_no_deps)]
     for requirement, source in wanted:
         if requirement.marker is not None and not requirement.marker.evaluate(target):
             continue
-        version = pins.get(canonicalize_name(requirement.name))
-        if version is None:
+        name = canonicalize_name(requirement.name)
+        if name not in entries:
             raise InvalidOption(f"the lock has no {requirement.name}, which {source} requires")
+        version = pins.get(name)
+        if version is None:  # a direct reference: the lock names the file it was made from
+            continue
         if not requirement.specifier.contains(version, prereleases=True):
             raise InvalidOption(
                 f"the lock pins {requirement.name} {version}, and {source} requires {requirement}"

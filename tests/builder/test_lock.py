@@ -231,6 +231,7 @@ def test_a_wheel_inside_the_model_is_locked_by_its_path_in_the_build_stage(
     assert entry in locked.model_part
     assert hashlib.sha256(wheel.read_bytes()).hexdigest() in locked.text
     assert str(tmp_path) not in locked.text  # the same lock wherever the model lies
+    lock.check_fits(locked, plan_build(local_model(model), BuildOptions()), "linux/amd64")
 
 
 def test_generate_dockerfile_takes_a_lock_and_refuses_one_that_does_not_fit(
