@@ -20,6 +20,7 @@ from mlimg.build import BuildSettings, build_and_tag, write_context
 from mlimg.engines import DEFAULT_ENGINE, ENGINES, serving_engine
 from mlimg.envmanagers import DEFAULT_ENV_MANAGER, ENV_MANAGERS
 from mlimg.errors import InvalidOption, MlimgError
+from mlimg.files import write_whole
 from mlimg.model import LocalModel, load_local_model
 from mlimg.plan import BuildOptions, plan_build
 from mlimg.spark import SparkJob
@@ -319,12 +320,7 @@ def sbom(image: str, output: Path | None) -> None:
     if output is None:
         sys.stdout.write(content.decode("utf-8"))
         return
-    partial = output.with_name(f".{output.name}.partial")
-    try:
-        partial.write_bytes(content)
-        partial.replace(output)
-    finally:
-        partial.unlink(missing_ok=True)
+    write_whole(output, content)
     _say(f"wrote {output}: the SBOM of {image} ({len(content):,} bytes)")
 
 

@@ -30,6 +30,7 @@ from packaging.utils import canonicalize_name
 import mlimg
 from mlimg.envmanagers import uv_binary
 from mlimg.errors import InvalidOption, LockFailed
+from mlimg.files import write_whole
 from mlimg.plan import BuildPlan
 from mlimg.requirements import BUILD_FILES_DIR, ModelRequirement, in_model_file, relocated
 
@@ -231,12 +232,7 @@ def _marker_environment(python: str, platform: str) -> dict[str, str]:
 
 def write(lock: Lock, path: Path) -> None:
     """Write the lock whole or not at all."""
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        partial.write_text(lock.text, encoding="utf-8")
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)
+    write_whole(path, lock.text)
 
 
 def _engine_joint(plan: BuildPlan) -> bool:

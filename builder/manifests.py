@@ -9,9 +9,7 @@ written with `yaml.safe_dump`: no text template, and no value of the contract wr
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ import mlimg
 from mlimg import daemon
 from mlimg.engines import DEFAULT_ENGINE, ServingEngine, serving_engine
 from mlimg.errors import EngineUnavailable, InvalidOption
+from mlimg.files import write_whole
 from mlimg.model import LocalModel
 from mlimg_runtime import contract
 
@@ -514,7 +513,7 @@ def write_manifests(
             yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=100)
             for document in documents
         )
-        _write_whole(path, text)
+        write_whole(path, text)
         written.append(ManifestFile(path, target, command))
     return written
 
@@ -553,15 +552,3 @@ def _header(deployable: Deployable, target: str, command: str) -> str:
             f"tasks.{deployable.name}:{contract.PORT}."
         )
     return "".join(f"# {line}\n" for line in lines)
-
-
-def _write_whole(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
