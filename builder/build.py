@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlimg import daemon, lock
+from mlimg import daemon, lock, wheelhouse
 from mlimg.errors import PushFailed
 from mlimg.model import load_local_model
 from mlimg.plan import BuildOptions, BuildPlan, plan_build
@@ -58,7 +58,13 @@ def write_context(
         plan = plan_build(model, options)
         if plan.ca_cert is not None:
             report(f"trusting the CA bundle {plan.ca_cert} during the build")
-        plan = lock.locked(plan, options.lock_file, report)
+        lock_file = options.lock_file
+        if options.wheelhouse is not None:
+            lock_file = wheelhouse.lock_in(options.wheelhouse)
+        plan = lock.locked(plan, lock_file, options.platform, report)
+        if options.wheelhouse is not None:
+            wheelhouse.check_complete(plan.lock, options.wheelhouse)
+            report(f"installing from the wheelhouse {options.wheelhouse}, with no index")
         return render_context(plan, dest, link_model_files=link_model_files)
 
 
@@ -72,6 +78,7 @@ def build_and_tag(
     with tempfile.TemporaryDirectory(prefix="mlimg-context-") as tmp:
         context = write_context(model_uri, options, Path(tmp) / "context", report, True)
         plan = context.plan
+        daemon.check_platform(client, plan.platform)
         report(
             f"building {settings.tag} from {plan.model.uri} ({plan.env_manager}, {plan.base_image})"
         )
@@ -82,6 +89,8 @@ def build_and_tag(
             report,
             verbose=settings.verbose,
             no_cache=settings.no_cache,
+            # An air-gapped build must not reach out, even by mistake.
+            network=None if plan.wheelhouse is None else "none",
         )
     report(
         f"built {built.id[7:19]} in {built.seconds:.1f}s "

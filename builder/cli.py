@@ -23,6 +23,7 @@ from mlimg.errors import InvalidOption, MlimgError
 from mlimg.files import write_whole
 from mlimg.model import LocalModel, load_local_model
 from mlimg.plan import BuildOptions, plan_build
+from mlimg.render import build_command
 from mlimg.spark import SparkJob
 from mlimg.uris import open_model
 
@@ -104,6 +105,26 @@ _FULL_MLFLOW_OPTION = click.option(
 )
 
 
+_PLATFORM_OPTION = click.option(
+    "--platform",
+    type=click.Choice(list(lock.PLATFORMS)),
+    help=f"The image's platform: the wheels locked are those it installs. Default: "
+    f"{lock.DEFAULT_PLATFORM} (a given lock's own).",
+)
+_PYTHON_OPTION = click.option(
+    "--python",
+    metavar="X.Y",
+    callback=lambda ctx, param, value: _python_version(value),
+    help="The image's Python. Default: the one the model was saved with.",
+)
+
+
+def _python_version(value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(r"3\.\d{1,2}", value):
+        raise click.BadParameter(f"{value!r} is not a Python version X.Y")
+    return value
+
+
 def _build_options(command: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         _MODEL_OPTION,
@@ -130,6 +151,14 @@ def _build_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "rebuild installs the same files; refused, with the difference named, if it does "
             "not fit the model.",
         ),
+        click.option(
+            "--wheelhouse",
+            type=click.Path(file_okay=False, path_type=Path),
+            help="Build offline from this wheelhouse (from mlimg wheels) and its lock: no "
+            "package index is asked, and mlimg build gives the build no network at all. Not "
+            "with --env-manager conda.",
+        ),
+        _PLATFORM_OPTION,
         click.option(
             "--system-package",
             "system_packages",
@@ -188,27 +217,7 @@ def generate_dockerfile(model_uri: str, output_dir: Path, **options: Any) -> Non
     for notice in context.notices:
         _say(f"note: {notice}")
     _say(f"wrote {context.path}/Dockerfile and its build context")
-    _say(f"build it with: docker build -t IMAGE {context.path}")
-
-
-_PLATFORM_OPTION = click.option(
-    "--platform",
-    type=click.Choice(list(lock.PLATFORMS)),
-    help=f"The image's platform: the wheels locked are those it installs. Default: "
-    f"{lock.DEFAULT_PLATFORM} (a given lock's own).",
-)
-_PYTHON_OPTION = click.option(
-    "--python",
-    metavar="X.Y",
-    callback=lambda ctx, param, value: _python_version(value),
-    help="The image's Python. Default: the one the model was saved with.",
-)
-
-
-def _python_version(value: str | None) -> str | None:
-    if value is not None and not re.fullmatch(r"3\.\d{1,2}", value):
-        raise click.BadParameter(f"{value!r} is not a Python version X.Y")
-    return value
+    _say(f"build it with: {build_command(context.plan)} {context.path}")
 
 
 @cli.command("lock")

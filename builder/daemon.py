@@ -55,6 +55,18 @@ def connect() -> docker.DockerClient:
     return client
 
 
+def check_platform(client: docker.DockerClient, platform: str) -> None:
+    """Refuse, before building, an image for a platform this engine cannot run (its smoke
+    test could not start it)."""
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(client.info().get("Architecture", ""))
+    if arch is not None and platform != f"linux/{arch}":
+        raise InvalidOption(
+            f"this Docker engine runs linux/{arch} and cannot build or smoke-test a {platform} "
+            f"image: write its build context with mlimg generate-dockerfile --platform "
+            f"{platform} and build it on a {platform} machine"
+        )
+
+
 def build_image(
     client: docker.DockerClient,
     context: Path,
@@ -62,8 +74,10 @@ def build_image(
     report: Callable[[str], None],
     verbose: bool = False,
     no_cache: bool = False,
+    network: str | None = None,
 ) -> BuiltImage:
-    """Build `context` with the classic builder, reporting each step as it starts.
+    """Build `context` with the classic builder, reporting each step as it starts; `network`
+    "none" gives its steps no network at all.
 
     The image is left untagged: the caller tags it once it has passed its smoke test, so a
     failed build never replaces a working tag. Intermediate containers are always removed.
@@ -82,14 +96,17 @@ def build_image(
             forcerm=True,
             pull=False,
             nocache=no_cache,
+            network_mode=network,
             decode=True,
         )
         for chunk in stream:
             if "error" in chunk:
-                raise BuildFailed(_build_failure(chunk["error"], tail, current_step))
+                raise BuildFailed(_build_failure(chunk["error"], tail, current_step, network))
             if "aux" in chunk and isinstance(chunk["aux"], dict) and "ID" in chunk["aux"]:
                 image_id = chunk["aux"]["ID"]
-            for line in str(chunk.get("stream", "")).splitlines():
+            for line in _ANSI.sub("", str(chunk.get("stream", ""))).splitlines():
+                if not line.strip():
+                    continue
                 match = _STEP.match(line)
                 if match:
                     # FROM names an image and is never "from cache": count the others.
@@ -102,10 +119,10 @@ def build_image(
                     continue
                 else:
                     tail.append(line)
-                    if verbose and line.strip():
+                    if verbose:
                         report(f"    {line}")
     except APIError as exc:
-        raise BuildFailed(_build_failure(_reason(exc), tail)) from None
+        raise BuildFailed(_build_failure(_reason(exc), tail, network=network)) from None
     except DockerException as exc:
         raise BuildFailed(f"the build was interrupted: {_reason(exc)}") from None
     if image_id is None:
@@ -330,7 +347,9 @@ def image_size(client: docker.DockerClient, image: str) -> int | None:
         return None
 
 
-def _build_failure(error: str, tail: collections.deque[str], step: str = "") -> str:
+def _build_failure(
+    error: str, tail: collections.deque[str], step: str = "", network: str | None = None
+) -> str:
     error = error.strip()
     code = re.search(r"returned a non-zero code: (\d+)", error)
     if code and step:
@@ -342,7 +361,16 @@ def _build_failure(error: str, tail: collections.deque[str], step: str = "") -> 
             "the base image is neither present in the engine nor pullable from a registry; "
             "pull or build it first, or choose another with --base-image"
         )
-    if any(sign in log for sign in _RESOLVER_FAILURES):
+    found = _MISSING_FILE.search(log)
+    missing = found and (found.group(1) or found.group(2))
+    if missing and network == "none":
+        lines.append(
+            f"the wheelhouse has no file for {missing}: fill it again with mlimg wheels for "
+            "this model"
+        )
+    elif missing:
+        lines.append(f"the package index has no file for {missing}")
+    elif any(sign in log for sign in _RESOLVER_FAILURES):
         lines.append(
             "the model's environment and mlimg's runtime requirements conflict (the "
             "resolver's explanation is below); pin versions that satisfy both"
@@ -357,6 +385,13 @@ def _build_failure(error: str, tail: collections.deque[str], step: str = "") -> 
     return "\n".join(lines)
 
 
+# What pip and uv print when no file of a pinned version is found, naming NAME==VERSION.
+_MISSING_FILE = re.compile(
+    r"No matching distribution found for (\S+)"
+    r"|was not found in the provided package locations and you require (\S+?)[,.]? "
+)
+# The colours the engine gives a step's stderr.
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # What pip ("conflict is caused by") and uv ("No solution found") print when they cannot resolve.
 _RESOLVER_FAILURES = (
     "conflicting dependencies",

@@ -5,7 +5,10 @@ uv resolves (`uv pip compile --python-version X.Y --python-platform ...`), as th
 install: the model's own requirements first; then, with those pins as constraints, the engine's
 beside them (an engine `resolved_with_model` is resolved together with the model's instead, as
 its image does); then the packages the engine installs without their dependencies. The lock is
-a requirements file that pip and uv both install as it is (`--no-deps --require-hashes`).
+a requirements file in sections, each of which pip and uv install as it is (`--no-deps
+--require-hashes`): the environment's (its build requirements, the model's, the engine's), and
+the build's own tools (uv and cyclonedx-bom, each an environment of its own that the final image
+never holds), so that an offline build finds every file it installs in a wheelhouse.
 
 Linux wheels are chosen by their manylinux tag: `manylinux_2_28` (glibc 2.28, older than any
 supported base image's) gives the versions an online build picks, where `manylinux2014` alone
@@ -28,7 +31,7 @@ from pathlib import Path
 from packaging.utils import canonicalize_name
 
 import mlimg
-from mlimg.envmanagers import uv_binary
+from mlimg.envmanagers import SBOM_TOOL, UV_VERSION, uv_binary
 from mlimg.errors import InvalidOption, LockFailed
 from mlimg.files import write_whole
 from mlimg.plan import BuildPlan
@@ -40,10 +43,16 @@ PLATFORMS = {
     "linux/arm64": "aarch64-manylinux_2_28",
 }
 DEFAULT_PLATFORM = "linux/amd64"
-# A lock's two sections: an image installs them in two layers, so that a change of mlimg's
-# runtime alone leaves the model's layer cached.
+# A lock's sections, in this order. The environment is the first three: an image installs the
+# model's and the engine's in two layers, so that a change of mlimg's runtime alone leaves the
+# model's layer cached (the build requirements, pip and setuptools of python_env.yaml, go first
+# into a virtualenv). The last two are tools the build stage runs, each in a place of its own.
+BUILD_SECTION = "# --- the environment's build requirements ---\n"
 MODEL_SECTION = "# --- the model's environment ---\n"
 ENGINE_SECTION = "# --- the serving engine's packages ---\n"
+UV_SECTION = "# --- a tool of the build, not in the image: uv ---\n"
+SBOM_TOOL_SECTION = "# --- a tool of the build, not in the image: cyclonedx-bom ---\n"
+_SECTION_START = "# --- "
 _RESOLVER_TIMEOUT = 900
 
 
@@ -57,31 +66,55 @@ class Lock:
     def digest(self) -> str:
         return "sha256:" + hashlib.sha256(self.text.encode()).hexdigest()
 
+    def section(self, marker: str) -> str:
+        """One section's entries (a requirements file of its own)."""
+        if marker not in self.text:
+            raise InvalidOption(
+                f"the lock has no section {marker.strip()!r}: it was written by an earlier "
+                "mlimg; write it again with mlimg lock"
+            )
+        lines = self.text.split(marker, 1)[1].splitlines(keepends=True)
+        end = next((i for i, line in enumerate(lines) if line.startswith(_SECTION_START)), None)
+        return "".join(lines[:end])
+
     @property
     def model_part(self) -> str:
         """The model's section: what the model's own requirements need."""
-        return self._section(MODEL_SECTION, ENGINE_SECTION)
+        return self.section(MODEL_SECTION)
 
     @property
     def engine_part(self) -> str:
         """The serving engine's section: what the engine adds beside the model's."""
-        return self._section(ENGINE_SECTION, None)
+        return self.section(ENGINE_SECTION)
 
-    def _section(self, start: str, end: str | None) -> str:
-        if start not in self.text:
-            raise InvalidOption("the lock has no sections: write it again with mlimg lock")
-        rest = self.text.split(start, 1)[1]
-        return rest.split(end, 1)[0] if end else rest
+    @property
+    def build_part(self) -> str:
+        """The build requirements a virtualenv gets before the model's (often none)."""
+        return self.section(BUILD_SECTION) if BUILD_SECTION in self.text else ""
+
+    @property
+    def environment(self) -> str:
+        """The environment's sections, one requirements file that installs as it is."""
+        return self.build_part + self.model_part + self.engine_part
+
+    @property
+    def parts(self) -> list[str]:
+        """Every section that installs apart: the environment, then each tool."""
+        return [self.environment, self.section(UV_SECTION), self.section(SBOM_TOOL_SECTION)]
 
     @property
     def pins(self) -> dict[str, str]:
-        """Each package's pinned version, by its name as written."""
-        found = {}
-        for line in self.text.splitlines():
-            name, sep, version = line.partition("==")
-            if sep and not line.startswith((" ", "#")):
-                found[name.strip()] = version.split()[0].rstrip("\\").strip()
-        return found
+        """Each package of the environment with its pinned version, by its name as written."""
+        return pins_of(self.environment)
+
+
+def pins_of(text: str) -> dict[str, str]:
+    found = {}
+    for line in text.splitlines():
+        name, sep, version = line.partition("==")
+        if sep and not line.startswith((" ", "#")):
+            found[name.strip()] = version.split()[0].rstrip("\\").strip()
+    return found
 
 
 def resolve(
@@ -115,22 +148,42 @@ def resolve(
         if plan.runtime_no_deps:
             no_deps = _write(work / "no-deps.txt", plan.runtime_no_deps)
             body += compile_("the engine's packages without dependencies", no_deps, no_deps=True)
+        build = ""
+        if plan.model.build_requirements:
+            # The environment's own versions replace these when it is installed after them:
+            # the packages it holds are left out, so that it has one version of each.
+            requirements = _files_in(plan, work / "files", plan.model.build_requirements)
+            build = compile_(
+                "the model's build requirements", _write(work / "build.txt", requirements)
+            )
+            held = set(_entries(body))
+            build = "".join(b for name, b in _entries(build).items() if name not in held)
+        uv = compile_("uv, which the build runs", _write(work / "uv.txt", [f"uv=={UV_VERSION}"]))
+        sbom = compile_(
+            "cyclonedx-bom, which writes the SBOM", _write(work / "sbom.txt", [SBOM_TOOL])
+        )
+
     # A file inside the model, as the image's build stage finds it.
-    body = body.replace(f"file://{work}/files/", f"file://{BUILD_FILES_DIR}/")
-    pins = pins.replace(f"file://{work}/files/", f"file://{BUILD_FILES_DIR}/")
-    entries = _entries(body)
-    model_names = set(_entries(pins))
+    def in_build_stage(text: str) -> str:
+        return text.replace(f"file://{work}/files/", f"file://{BUILD_FILES_DIR}/")
+
+    entries = _entries(in_build_stage(body))
+    model_names = set(_entries(in_build_stage(pins)))
     model_part = "".join(block for name, block in entries.items() if name in model_names)
     engine_part = "".join(block for name, block in entries.items() if name not in model_names)
-    sections = MODEL_SECTION + model_part + ENGINE_SECTION + engine_part
+    sections = (BUILD_SECTION + in_build_stage(build)) if build else ""
+    sections += MODEL_SECTION + model_part + ENGINE_SECTION + engine_part
+    sections += UV_SECTION + uv + SBOM_TOOL_SECTION + sbom
     return Lock(_header(plan, platform, python) + sections, python, platform)
 
 
-def _files_in(plan: BuildPlan, directory: Path) -> list[ModelRequirement]:
-    """The model's requirements, the files inside the model they name copied to `directory`
-    (so that the lock names them by a path that does not depend on the model's)."""
+def _files_in(
+    plan: BuildPlan, directory: Path, items: Iterable[ModelRequirement] | None = None
+) -> list[ModelRequirement]:
+    """The model's requirements (or `items`), the files inside the model they name copied to
+    `directory` (so that the lock names them by a path that does not depend on the model's)."""
     requirements = []
-    for item in plan.requirements:
+    for item in plan.requirements if items is None else items:
         inside = in_model_file(item, plan.model.path)
         if inside is not None:
             (directory / inside).parent.mkdir(parents=True, exist_ok=True)
@@ -154,16 +207,23 @@ def _entries(text: str) -> dict[str, str]:
     return entries
 
 
-def locked(plan: BuildPlan, lock_file: Path | None, report: Callable[[str], None]) -> BuildPlan:
+def locked(
+    plan: BuildPlan, lock_file: Path | None, platform: str | None, report: Callable[[str], None]
+) -> BuildPlan:
     """The plan with the lock its image installs: `lock_file`'s, checked against the plan,
-    or a new one; its digest goes into the label mlimg.lock."""
+    or a new one for `platform`; its digest goes into the label mlimg.lock."""
     if lock_file is not None:
         lock = read(lock_file)
-        check_fits(lock, plan, DEFAULT_PLATFORM)
+        check_fits(lock, plan, platform or lock.platform)
         report(f"installing from the lock {lock_file} ({lock.digest})")
     else:
-        lock = resolve(plan, report)
-    return dataclasses.replace(plan, lock=lock, labels={**plan.labels, "mlimg.lock": lock.digest})
+        lock = resolve(plan, report, platform or DEFAULT_PLATFORM)
+    return dataclasses.replace(
+        plan,
+        lock=lock,
+        platform=lock.platform,
+        labels={**plan.labels, "mlimg.lock": lock.digest},
+    )
 
 
 def read(path: Path) -> Lock:
@@ -196,12 +256,21 @@ def check_fits(lock: Lock, plan: BuildPlan, platform: str, python: str | None = 
         raise InvalidOption(f"the lock is for Python {lock.python}; this image needs {python}")
     if lock.platform != platform:
         raise InvalidOption(f"the lock is for {lock.platform}; this image is for {platform}")
-    pins = {canonicalize_name(name): version for name, version in lock.pins.items()}
-    entries = _entries(lock.text)  # direct references (NAME @ URL) too
+    for tool in (UV_SECTION, SBOM_TOOL_SECTION):
+        lock.section(tool)  # present: an offline build installs its tools from the lock too
+    environment = lock.model_part + lock.engine_part
+    wanted = [(r.requirement, r.source, environment) for r in plan.requirements]
+    wanted += [
+        (r, "the engine", environment) for r in (*plan.runtime_requirements, *plan.runtime_no_deps)
+    ]
+    wanted += [
+        (r.requirement, "the model's build requirements", lock.build_part)
+        for r in plan.model.build_requirements
+    ]
     target = _marker_environment(python, platform)
-    wanted = [(r.requirement, r.source) for r in plan.requirements]
-    wanted += [(r, "the engine") for r in (*plan.runtime_requirements, *plan.runtime_no_deps)]
-    for requirement, source in wanted:
+    for requirement, source, part in wanted:
+        pins = {canonicalize_name(name): version for name, version in pins_of(part).items()}
+        entries = _entries(part)  # direct references (NAME @ URL) too
         if requirement.marker is not None and not requirement.marker.evaluate(target):
             continue
         name = canonicalize_name(requirement.name)
@@ -248,7 +317,7 @@ def _header(plan: BuildPlan, platform: str, python: str) -> str:
         f"# mlimg {mlimg.__version__} lock: a model's environment with the {plan.engine} engine\n"
         f"# python: {python}\n"
         f"# platform: {platform} ({PLATFORMS[platform]})\n"
-        "# install it as it is: pip install --no-deps --require-hashes -r THIS_FILE\n"
+        "# each section installs as it is: pip install --no-deps --require-hashes -r SECTION\n"
     )
 
 

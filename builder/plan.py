@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,9 @@ class BuildOptions:
     keep_tests: bool = False  # keep the test suites packages ship (tests/ in site-packages)
     system_packages: tuple[str, ...] = ()  # Debian packages the final image needs
     lock_file: Path | None = None  # install from this lock (mlimg lock) rather than a new one
+    # install from this wheelhouse (mlimg wheels) and its lock, with no index and no network
+    wheelhouse: Path | None = None
+    platform: str | None = None  # the image's, as Docker names it; None: the lock's, or amd64
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,8 @@ class BuildPlan:
     keep_tests: bool = False
     system_packages: tuple[str, ...] = ()  # apt-get installed in the final stage
     lock: Lock | None = None  # what the image installs (lock.locked); None until resolved
+    wheelhouse: Path | None = None  # every file the lock names: the build uses no index
+    platform: str = "linux/amd64"  # the image's (the lock's wheels are this platform's)
 
     @property
     def build_args(self) -> dict[str, str]:
@@ -90,6 +96,18 @@ def plan_build(model: LocalModel, options: BuildOptions) -> BuildPlan:
     manager = env_manager(options.env_manager)
     engine = serving_engine(options.engine)
     engine.check_python(model)
+    if options.wheelhouse is not None:
+        if manager.name == "conda":
+            raise InvalidOption(
+                "--wheelhouse needs an env manager that installs from wheels alone (uv, "
+                "virtualenv or local); conda's environment comes from its channels"
+            )
+        if options.lock_file is not None:
+            raise InvalidOption("--wheelhouse carries its own lock: leave out --lock")
+        # Nothing is downloaded: no CA to trust, no index to ask.
+        options = dataclasses.replace(
+            options, ca_cert=None, pip_index_url=None, pip_extra_index_url=None
+        )
     if options.ca_cert is not None:
         check_ca_bundle(options.ca_cert)
     for option, url in (
@@ -117,6 +135,8 @@ def plan_build(model: LocalModel, options: BuildOptions) -> BuildPlan:
         pip_extra_index_url=options.pip_extra_index_url,
         keep_tests=options.keep_tests,
         system_packages=system_packages(requirements, options.system_packages),
+        wheelhouse=options.wheelhouse,
+        platform=options.platform or "linux/amd64",
     )
 
 

@@ -13,7 +13,7 @@ import shlex
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.resources import as_file, files
@@ -27,14 +27,16 @@ from jinja2.sandbox import SandboxedEnvironment
 
 import mlimg
 from mlimg.engines import serving_engine
-from mlimg.envmanagers import SBOM_TOOL, UV_VERSION, env_manager
+from mlimg.envmanagers import env_manager
 from mlimg.errors import OutputExists
-from mlimg.lock import Lock
+from mlimg.lock import SBOM_TOOL_SECTION, UV_SECTION, Lock
 from mlimg.model import LocalModel
 from mlimg.plan import BuildPlan, has_credentials, redact_url
 from mlimg.requirements import BUILD_FILES_DIR, ModelRequirement, in_model_file, relocated
+from mlimg.wheelhouse import LOCK_NAME as WHEELHOUSE_LOCK
 from mlimg_runtime import contract
 
+WHEELS_DIR = "/tmp/mlimg/wheels"  # the build stage's copy of a wheelhouse
 MARKER = "mlimg/context.json"  # marks a directory as one that mlimg wrote (and may replace)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # What the templates read of the image contract (port, user, paths).
@@ -65,8 +67,8 @@ def render_dockerfile(plan: BuildPlan) -> str:
         index_url_default=_arg_default_url(plan.pip_index_url),
         extra_index_url_default=_arg_default_url(plan.pip_extra_index_url),
         has_build_requirements=bool(plan.model.build_requirements),
-        uv_version=UV_VERSION,
-        sbom_tool=SBOM_TOOL,
+        wheels=WHEELS_DIR if plan.wheelhouse is not None else None,
+        build_command=build_command(plan),
         keep_tests=plan.keep_tests,
         system_packages=plan.system_packages,
         labels=plan.labels,
@@ -84,6 +86,14 @@ def render_dockerfile(plan: BuildPlan) -> str:
     return text.rstrip("\n") + "\n"
 
 
+def build_command(plan: BuildPlan) -> str:
+    """How a user builds the context by hand (its directory follows)."""
+    options = [] if plan.platform == "linux/amd64" else [f"--platform {plan.platform}"]
+    if plan.wheelhouse is not None:
+        options.append("--network none")  # as mlimg build does: nothing can reach out
+    return " ".join(["docker build", *options, "-t IMAGE"])
+
+
 def render_context(plan: BuildPlan, dest: Path, link_model_files: bool = False) -> RenderedContext:
     """Write the whole build context to `dest`, replacing an earlier mlimg context there.
 
@@ -98,6 +108,8 @@ def render_context(plan: BuildPlan, dest: Path, link_model_files: bool = False) 
         _write_environment(plan, tmp / "env")
         _write_mlimg_files(plan, tmp / "mlimg")
         _copy_tree(plan.model.path, tmp / "model", link=link_model_files)
+        if plan.wheelhouse is not None:
+            _copy_wheels(plan.wheelhouse, tmp / "wheels", link=link_model_files)
     return RenderedContext(plan, dest, dockerfile, notices=tuple(_notices(plan)))
 
 
@@ -144,8 +156,12 @@ def _write_environment(plan: BuildPlan, env_dir: Path) -> None:
         encoding="utf-8",
     )
     if model.build_requirements:
-        build = [_in_build_stage(req, model.path, env_dir) for req in model.build_requirements]
-        _write_lines(env_dir / "build-requirements.txt", [str(req) for req in build])
+        for item in model.build_requirements:
+            _in_build_stage(item, model.path, env_dir)
+        (env_dir / "build.lock").write_text(
+            "# The environment's build requirements, from the image's lock\n" + locked.build_part,
+            encoding="utf-8",
+        )
     if plan.env_manager == "conda":
         # conda's own packages; the pip section's are installed from the lock.
         conda_yaml = yaml.safe_dump(conda_environment(model, ()), sort_keys=False)
@@ -206,6 +222,12 @@ def _write_mlimg_files(plan: BuildPlan, mlimg_dir: Path) -> None:
         encoding="utf-8",
     )
     (mlimg_dir / "requirements.lock").write_text(locked.text, encoding="utf-8")
+    (mlimg_dir / "tools").mkdir()
+    for name, marker in (("uv.lock", UV_SECTION), ("sbom-tool.lock", SBOM_TOOL_SECTION)):
+        (mlimg_dir / "tools" / name).write_text(
+            "# A tool of the build, from the image's lock\n" + locked.section(marker),
+            encoding="utf-8",
+        )
     with as_file(files("mlimg_runtime")) as runtime_src:
         _copy_tree(Path(runtime_src), mlimg_dir / "mlimg_runtime", link=False)
     if plan.ca_cert is not None:
@@ -224,7 +246,21 @@ def _write_mlimg_files(plan: BuildPlan, mlimg_dir: Path) -> None:
     (mlimg_dir / "context.json").write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
 
 
-def _copy_tree(src: Path, dest: Path, link: bool) -> None:
+def _copy_wheels(wheelhouse: Path, dest: Path, link: bool) -> None:
+    """The wheelhouse's package files (its lock is the image's, written apart)."""
+
+    def ignore(directory: str, names: list[str]) -> list[str]:
+        return [name for name in names if name == WHEELHOUSE_LOCK or name.startswith(".")]
+
+    _copy_tree(wheelhouse, dest, link=link, ignore=ignore)
+
+
+def _copy_tree(
+    src: Path,
+    dest: Path,
+    link: bool,
+    ignore: Callable[[str, list[str]], Iterable[str]] | None = None,
+) -> None:
     """Copy a tree with modes the image's unprivileged user can read; skip bytecode caches.
 
     Symbolic links are copied as links, never followed (`model.check_model_tree` has made
@@ -249,7 +285,7 @@ def _copy_tree(src: Path, dest: Path, link: bool) -> None:
         dest,
         symlinks=True,
         copy_function=copy_file,
-        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+        ignore=ignore or shutil.ignore_patterns("__pycache__", "*.pyc"),
     )
     real_src = os.path.realpath(src)
     for directory, subdirs, names in os.walk(dest):
@@ -260,10 +296,6 @@ def _copy_tree(src: Path, dest: Path, link: bool) -> None:
                 inside = os.path.relpath(os.path.realpath(os.readlink(entry)), real_src)
                 os.unlink(entry)
                 os.symlink(os.path.relpath(os.path.join(dest, inside), directory), entry)
-
-
-def _write_lines(path: Path, lines: list[str]) -> None:
-    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
 
 
 def _notices(plan: BuildPlan) -> Iterator[str]:

@@ -23,8 +23,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    canonicalize_name,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
+from packaging.version import Version
+
 from mlimg.errors import InvalidOption, WheelhouseFailed
-from mlimg.lock import PLATFORMS, Lock, write
+from mlimg.lock import PLATFORMS, Lock, pins_of, write
 from mlimg.plan import BuildPlan
 
 LOCK_NAME = "requirements.lock"  # the lock inside a wheelhouse
@@ -56,7 +65,8 @@ def fill(
     staging.mkdir(parents=True)
     try:
         write(lock, staging / LOCK_NAME)
-        report(f"downloading {len(lock.pins)} packages for {lock.platform}, Python {lock.python}")
+        count = len({name for part in lock.parts for name in pins_of(part)})
+        report(f"downloading {count} packages for {lock.platform}, Python {lock.python}")
         missing = _download(lock, staging, plan)
         built: tuple[str, ...] = ()
         if missing:
@@ -86,27 +96,69 @@ def _check_target(directory: Path) -> None:
 
 
 def _download(lock: Lock, staging: Path, plan: BuildPlan) -> list[str]:
-    """Download what the lock names; return the pins with no wheel for the target."""
+    """Download what the lock names, section by section (a tool may pin another version of
+    a package than the environment does); return the pins with no wheel for the target."""
     missing: list[str] = []
-    requirements = staging / LOCK_NAME
-    for _ in range(len(lock.pins) + 1):  # each pass names one more package with no wheel
-        download = [*_pip(plan), "download", *_target(lock), "--dest", str(staging)]
-        download += ["--no-deps", "--require-hashes", "--only-binary=:all:"]
-        result = subprocess.run(
-            [*download, "-r", str(requirements)],
-            capture_output=True,
-            text=True,
-            timeout=_DOWNLOAD_TIMEOUT,
+    for index, part in enumerate(lock.parts):
+        requirements = staging / f".{LOCK_NAME}.{index}"  # removed before the rename
+        requirements.write_text(part, encoding="utf-8")
+        for _ in range(len(pins_of(part)) + 1):  # each pass names one more package with no wheel
+            download = [*_pip(plan), "download", *_target(lock), "--dest", str(staging)]
+            download += ["--no-deps", "--require-hashes", "--only-binary=:all:"]
+            result = subprocess.run(
+                [*download, "-r", str(requirements)],
+                capture_output=True,
+                text=True,
+                timeout=_DOWNLOAD_TIMEOUT,
+            )
+            if result.returncode == 0:
+                break
+            found = _MISSING.search(result.stderr)
+            if found is None:
+                raise WheelhouseFailed(f"pip download failed:\n{_tail(result.stderr)}")
+            missing.append(found.group(1))
+            requirements.write_text(_without(part, missing), encoding="utf-8")
+        else:  # pragma: no cover (bounded loop)
+            raise WheelhouseFailed("pip download kept failing")
+    return list(dict.fromkeys(missing))
+
+
+def lock_in(directory: Path) -> Path:
+    """The lock of a wheelhouse that `mlimg wheels` filled."""
+    if not directory.is_dir():
+        raise InvalidOption(f"--wheelhouse {directory}: no such directory")
+    path = directory / LOCK_NAME
+    if not path.is_file():
+        raise InvalidOption(
+            f"--wheelhouse {directory} is not a wheelhouse mlimg made (it has no {LOCK_NAME}): "
+            "fill one with mlimg wheels"
         )
-        if result.returncode == 0:
-            return missing
-        found = _MISSING.search(result.stderr)
-        if found is None:
-            raise WheelhouseFailed(f"pip download failed:\n{_tail(result.stderr)}")
-        missing.append(found.group(1))
-        requirements = staging / f".{LOCK_NAME}.rest"  # removed before the rename
-        requirements.write_text(_without(lock.text, missing), encoding="utf-8")
-    raise WheelhouseFailed("pip download kept failing")  # pragma: no cover (bounded loop)
+    return path
+
+
+def check_complete(lock: Lock, directory: Path) -> None:
+    """Name, before any build, every pinned package the wheelhouse has no file of."""
+    held: set[tuple[str, Version]] = set()
+    for path in directory.iterdir():
+        try:
+            if path.name.endswith(".whl"):
+                name, version, _, _ = parse_wheel_filename(path.name)
+            else:
+                name, version = parse_sdist_filename(path.name)
+        except (InvalidWheelFilename, InvalidSdistFilename):
+            continue
+        held.add((name, version))
+    missing = sorted({
+        f"{name}=={version}"
+        for part in lock.parts
+        for name, version in pins_of(part).items()
+        if (canonicalize_name(name), Version(version)) not in held
+    })  # fmt: skip
+    if missing:
+        raise InvalidOption(
+            f"the wheelhouse {directory} has no file for {', '.join(missing)}: fill it again "
+            "with mlimg wheels for this model"
+        )
 
 
 def _without(text: str, pins: list[str]) -> str:

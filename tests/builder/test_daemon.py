@@ -3,6 +3,8 @@ pinned reference, the push report, and the message for each push failure."""
 
 from __future__ import annotations
 
+import collections
+
 import pytest
 
 from mlimg import daemon
@@ -68,3 +70,23 @@ def test_the_push_report_names_each_layer_and_sums_up() -> None:
 )
 def test_each_push_failure_has_its_message(error: str, says: str) -> None:
     assert says in daemon._push_failure("r:5/iris:1", "r:5", error)
+
+
+@pytest.mark.parametrize(
+    ("log", "network", "says"),
+    [
+        ("ERROR: No matching distribution found for scikit-learn==1.9.1", "none",
+         "the wheelhouse has no file for scikit-learn==1.9.1: fill it again"),
+        ("  Because scikit-learn was not found in the provided package locations and you "
+         "require scikit-learn==1.9.1, we can conclude that your requirements are unsatisfiable.",
+         "none", "the wheelhouse has no file for scikit-learn==1.9.1: fill it again"),
+        ("ERROR: No matching distribution found for scikit-learn==1.9.1", None,
+         "the package index has no file for scikit-learn==1.9.1"),
+    ],
+)  # fmt: skip
+def test_a_missing_package_file_is_named(log: str, network: str | None, says: str) -> None:
+    """pip's and uv's words for a pinned version with no file where the build looks."""
+    tail = collections.deque(["Looking in links: /tmp/mlimg/wheels", log])
+    message = daemon._build_failure("returned a non-zero code: 1", tail, "[9/27] RUN", network)
+    assert says in message
+    assert "conflict" not in message

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mlimg import lock
-from mlimg.envmanagers import uv_binary
+from mlimg.envmanagers import SBOM_TOOL, UV_VERSION, uv_binary
 from mlimg.errors import InvalidOption, LockFailed
 from mlimg.model import LocalModel, load_local_model
 from mlimg.plan import BuildOptions, plan_build
@@ -58,14 +58,67 @@ def test_the_lock_pins_the_model_and_the_runtime_with_hashes(iris_lock: lock.Loc
     assert all(hashes for _, hashes in locked.values()), "a package without a hash"
     assert iris_lock.text.startswith("# mlimg ")
     assert "# python: 3.11\n" in iris_lock.text and "x86_64-manylinux_2_28" in iris_lock.text
-    assert iris_lock.pins == {name: version for name, (version, _) in locked.items()}
+    environment = entries(iris_lock.environment)
+    assert iris_lock.pins == {name: version for name, (version, _) in environment.items()}
+
+
+def test_the_builds_tools_are_locked_apart_from_the_environment(iris_lock: lock.Lock) -> None:
+    """uv and cyclonedx-bom run in the build stage, each in a place of its own: locked (so that
+    an offline build finds them in a wheelhouse), never part of the environment's pins."""
+    uv = entries(iris_lock.section(lock.UV_SECTION))
+    assert list(uv) == ["uv"] and uv["uv"][0] == UV_VERSION and len(uv["uv"][1]) > 5
+    sbom = entries(iris_lock.section(lock.SBOM_TOOL_SECTION))
+    assert sbom["cyclonedx-bom"][0] == SBOM_TOOL.split("==")[1]
+    assert all(hashes for _, hashes in sbom.values())
+    assert "uv" not in iris_lock.pins and "cyclonedx-bom" not in iris_lock.pins
+    # iris's python_env.yaml asks for pip, setuptools and wheel before its requirements: locked
+    # apart, without what the environment holds (its versions win), so each package once.
+    build = entries(iris_lock.build_part)
+    assert build["pip"][0] == "23.2.1" and build["setuptools"][0] == "65.5.0" and "wheel" in build
+    assert not set(build) & set(entries(iris_lock.model_part + iris_lock.engine_part))
+    assert iris_lock.text.count(lock.UV_SECTION) == 1
+
+
+def test_a_lock_without_the_tools_sections_is_refused(
+    example_model: Path, iris_lock: lock.Lock, tmp_path: Path
+) -> None:
+    path = tmp_path / "old.lock"
+    path.write_text(iris_lock.text.split(lock.UV_SECTION)[0])
+    plan = plan_build(local_model(example_model), BuildOptions())
+    with pytest.raises(InvalidOption, match="written by an earlier mlimg; write it again"):
+        lock.check_fits(lock.read(path), plan, "linux/amd64")
+
+
+def test_build_requirements_are_locked_and_checked(example_model: Path, tmp_path: Path) -> None:
+    """python_env.yaml's build_dependencies (a virtualenv's pip and setuptools) get a section of
+    their own, installed before the model's, and are held to it."""
+    model = tmp_path / "model"
+    shutil.copytree(example_model, model)
+    env = model / "python_env.yaml"
+    text = env.read_text()
+    assert "build_dependencies:\n" in text
+    build = "build_dependencies:\n- pip==24.0\n- setuptools==69.5.1\n"
+    env.write_text(re.sub(r"build_dependencies:\n(- .*\n)*", build, text))
+    plan = plan_build(local_model(model), BuildOptions(env_manager="virtualenv"))
+    locked = lock.resolve(plan, lambda line: None)
+    part = entries(locked.build_part)
+    assert part == {name: part[name] for name in ("pip", "setuptools")}
+    assert part["pip"][0] == "24.0" and part["setuptools"][0] == "69.5.1"
+    assert all(hashes for _, hashes in part.values())
+    assert locked.pins["pip"] == "24.0"  # the environment holds them
+    lock.check_fits(locked, plan, "linux/amd64")
+    other = tmp_path / "other.lock"
+    other.write_text(locked.text.replace("\npip==24.0", "\npip==23.3"))
+    refusal = "the lock pins pip 23.3, and the model's build requirements require pip==24.0"
+    with pytest.raises(InvalidOption, match=re.escape(refusal)):
+        lock.check_fits(lock.read(other), plan, "linux/amd64")
 
 
 def test_the_lock_installs_as_it_is_and_is_complete(iris_lock: lock.Lock, tmp_path: Path) -> None:
     """`--no-deps --require-hashes`: every file checked, nothing resolved again; `pip check`
     then finds every dependency present."""
     path = tmp_path / "iris.lock"
-    lock.write(iris_lock, path)
+    path.write_text(iris_lock.environment)
     uv, venv = uv_binary(), tmp_path / "venv"
     env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never"}
     subprocess.run([uv, "venv", "-q", "--python", "3.11", str(venv)], check=True, env=env)
@@ -94,7 +147,7 @@ def test_an_arm64_lock_has_the_same_versions(example_model: Path, iris_lock: loc
     arm = lock.resolve(plan, lambda line: None, platform="linux/arm64")
     assert "# platform: linux/arm64 (aarch64-manylinux_2_28)" in arm.text
     assert arm.pins == iris_lock.pins
-    assert entries(arm.text) == entries(iris_lock.text)
+    assert entries(arm.environment) == entries(iris_lock.environment)
 
 
 def test_the_mlserver_engine_is_locked_with_its_packages(example_model: Path) -> None:

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
-from mlimg.envmanagers import uv_binary
+from mlimg import lock
+from mlimg.envmanagers import UV_VERSION, uv_binary
 
 LOCK = "requirements.lock"
 
@@ -45,7 +46,10 @@ def wheels(directory: Path) -> dict[str, tuple[str, set[str]]]:
 
 
 def install_offline(wheelhouse: Path, venv: Path) -> dict[str, str]:
-    """The wheelhouse's lock installed into a new venv with no index and no cache."""
+    """The environment's sections of the wheelhouse's lock installed into a new venv with no
+    index and no cache."""
+    environment = venv.with_name("environment.lock")
+    environment.write_text(lock.read(wheelhouse / LOCK).environment)
     uv = uv_binary()
     env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "UV_NO_CACHE": "1"}
     subprocess.run([uv, "venv", "-q", "--python", "3.11", str(venv)], check=True, env=env)
@@ -53,7 +57,7 @@ def install_offline(wheelhouse: Path, venv: Path) -> dict[str, str]:
     subprocess.run(
         [uv, "pip", "install", "-q", "--python", python, "--offline", "--no-index",
          "--find-links", str(wheelhouse), "--no-deps", "--require-hashes",
-         "-r", str(wheelhouse / LOCK)],
+         "-r", str(environment)],
         check=True, env=env, timeout=600,
     )  # fmt: skip
     listed = subprocess.run(
@@ -75,9 +79,16 @@ def iris_wheelhouse(example_model: Path, tmp_path_factory: pytest.TempPathFactor
 def test_every_locked_package_has_its_wheel_and_installs_with_no_index(
     iris_wheelhouse: Path, tmp_path: Path
 ) -> None:
-    locked = pins((iris_wheelhouse / LOCK).read_text())
-    found = wheels(iris_wheelhouse)
-    assert {name: version for name, (version, _) in found.items()} == locked
+    whole = lock.read(iris_wheelhouse / LOCK)
+    wanted = {(name, version) for part in whole.parts for name, version in pins(part).items()}
+    held = {
+        (str(name), str(version))
+        for name, version, _, _ in map(
+            parse_wheel_filename, (p.name for p in iris_wheelhouse.glob("*.whl"))
+        )
+    }
+    assert held == wanted and ("uv", UV_VERSION) in held  # the build's tools are there too
+    locked = pins(whole.environment)
     assert sorted(p.name for p in iris_wheelhouse.iterdir() if not p.name.endswith(".whl")) == [
         LOCK
     ]
@@ -156,3 +167,68 @@ def test_a_lock_for_another_python_and_a_foreign_directory_are_refused(
     foreign = mlimg("wheels", "-m", str(example_model), "-d", str(taken))
     assert foreign.returncode == 2 and "is not a wheelhouse mlimg made" in foreign.stderr
     assert (taken / "precious.txt").read_text() == "keep me"
+
+
+def test_generate_dockerfile_from_a_wheelhouse_needs_no_index(
+    example_model: Path, iris_wheelhouse: Path, tmp_path: Path
+) -> None:
+    """The context carries the wheelhouse's files and lock; the Dockerfile asks no index and
+    trusts no CA (a given one is left out: nothing is downloaded)."""
+    context = tmp_path / "context"
+    result = mlimg("generate-dockerfile", "-m", str(example_model), "--wheelhouse",
+                   str(iris_wheelhouse), "-d", str(context), "--ca-cert",
+                   str(certifi_bundle()))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"build it with: docker build --network none -t IMAGE {context}" in result.stderr
+    held = sorted(p.name for p in iris_wheelhouse.iterdir() if p.name != LOCK)
+    assert sorted(p.name for p in (context / "wheels").iterdir()) == held
+    lock_text = (iris_wheelhouse / LOCK).read_text()
+    assert (context / "mlimg" / "requirements.lock").read_text() == lock_text
+    dockerfile = (context / "Dockerfile").read_text()
+    assert "COPY wheels /tmp/mlimg/wheels" in dockerfile and "--no-index" in dockerfile
+    assert "PIP_INDEX_URL" not in dockerfile and "ca-bundle" not in dockerfile
+    assert not (context / "mlimg" / "ca-bundle.pem").exists()
+
+
+def certifi_bundle() -> Path:
+    import certifi
+
+    return Path(certifi.where())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--env-manager", "conda"], "--wheelhouse needs an env manager that installs from wheels"),
+        (["--lock", "LOCK"], "--wheelhouse carries its own lock: leave out --lock"),
+    ],
+)
+def test_a_wheelhouse_is_refused_where_it_cannot_work(
+    example_model: Path, iris_wheelhouse: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    args = [str(iris_wheelhouse / LOCK) if arg == "LOCK" else arg for arg in args]
+    result = mlimg("generate-dockerfile", "-m", str(example_model), "--wheelhouse",
+                   str(iris_wheelhouse), "-d", str(tmp_path / "context"), *args)  # fmt: skip
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_directory_that_is_not_a_wheelhouse_is_named(example_model: Path, tmp_path: Path) -> None:
+    for directory, message in ((tmp_path / "nowhere", "no such directory"),
+                               (tmp_path, "is not a wheelhouse mlimg made")):  # fmt: skip
+        result = mlimg("generate-dockerfile", "-m", str(example_model), "--wheelhouse",
+                       str(directory), "-d", str(tmp_path / "context"))  # fmt: skip
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and not (tmp_path / "context").exists()
+
+
+def test_an_arm64_build_context_is_rendered_here(example_model: Path, tmp_path: Path) -> None:
+    """Locked and rendered for arm64 on this amd64 host; nothing here can build or run it."""
+    context = tmp_path / "context"
+    result = mlimg("generate-dockerfile", "-m", str(example_model), "--platform", "linux/arm64",
+                   "-d", str(context))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"docker build --platform linux/arm64 -t IMAGE {context}" in result.stderr
+    lock_text = (context / "mlimg" / "requirements.lock").read_text()
+    assert "# platform: linux/arm64 (aarch64-manylinux_2_28)" in lock_text
+    assert "--platform linux/arm64" in (context / "Dockerfile").read_text().splitlines()[1]
