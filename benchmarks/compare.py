@@ -16,6 +16,10 @@ mlserver-mlflow`, a model-settings.json naming `mlserver_mlflow.MLflowRuntime`, 
 start`; uvloop held below 0.22, without which its workers die), and `mlimg build --engine
 mlserver`; both are also loaded on the V2 infer path.
 
+For mlimg, each round also times the lock and the SBOM step inside its cold build and its
+model-only rebuild (from the time each line of its output arrives), fills a wheelhouse with
+`mlimg wheels` (timed, sized) and makes a cold build from it with no network.
+
 MLflow's image cannot be told to trust a proxy's CA, so its base is the same base image plus
 the CA bundle and PIP_CERT (built here, tagged python:<tag>-mlimg-bench-ca); mlimg gets the
 bundle through --ca-cert. MLflow's build has no --no-cache, so each round makes that base anew
@@ -80,6 +84,18 @@ V2_METRICS = (
     ("p99_v2_c1_ms", "V2 infer p99, 1 connection", "ms", "lower", None),
 )
 ALL_METRICS = METRICS + V2_METRICS
+# The supply chain, mlimg's side only: locks, the SBOM and builds from a wheelhouse.
+# (key, label, unit)
+SUPPLY_METRICS = (
+    ("offline_cold_build_s", "Cold build offline, from a wheelhouse (no network)", "s"),
+    ("wheels_s", "Filling the wheelhouse (`mlimg wheels`)", "s"),
+    ("wheelhouse_mb", "Wheelhouse size", "MB"),
+    ("lock_cold_s", "Locking, in the cold build", "s"),
+    ("sbom_cold_s", "SBOM step, in the cold build", "s"),
+    ("lock_rebuild_s", "Locking, in the model-only rebuild", "s"),
+    ("sbom_rebuild_s", "SBOM step, in the model-only rebuild", "s"),
+)
+OFFLINE = "mlimg-offline"  # the image built from the wheelhouse (its tag)
 # The engines table: (key, the side held to a goal, the side it is held against, goal ratio).
 ENGINE_GOALS = (
     ("rps_c16", "mlimg", UPSTREAM_MLSERVER, 1.0),
@@ -170,7 +186,7 @@ def summarize(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, 
     sides = [side for side in (*SIDES, *ENGINE_SIDES, BASELINE) if any(side in r for r in rounds)]
     summary: dict[str, dict[str, float]] = {side: {} for side in sides}
     for side in sides:
-        for key, *_ in ALL_METRICS:
+        for key, *_ in (*ALL_METRICS, *SUPPLY_METRICS):
             values = [r[side][key] for r in rounds if key in r.get(side, {})]
             if values:
                 summary[side][key] = statistics.median(values)
@@ -275,6 +291,50 @@ def engines_table(summary: dict[str, dict[str, float]]) -> str:
             f"| {ratio:.2f}x | {'met' if met else 'MISSED'} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def supply_table(summary: dict[str, dict[str, float]]) -> str:
+    """What locking, the SBOM and an offline build cost mlimg, in the same rounds."""
+    ours = summary.get("mlimg", {})
+    if "offline_cold_build_s" not in ours or "cold_build_s" not in ours:
+        return ""
+    lines = [
+        "\nLocks, the SBOM and offline builds (mlimg, same rounds; the lock and the SBOM are "
+        "in every build above):",
+        "",
+        "| Measure | mlimg |",
+        "|---|---:|",
+        f"| Cold build online (from the table above) | {_fmt(ours['cold_build_s'])} s |",
+    ]
+    for key, label, unit in SUPPLY_METRICS:
+        if key in ours:
+            lines.append(f"| {label} | {_fmt(ours[key])} {unit} |")
+    offline = ours["offline_cold_build_s"] / ours["cold_build_s"]
+    lines += ["", f"An offline cold build took {offline:.2f}x the online one."]
+    added = ours.get("lock_cold_s", 0) + ours.get("sbom_cold_s", 0)
+    lines.append(
+        f"Locking and the SBOM were {added:.1f} s of the cold build "
+        f"({added / ours['cold_build_s']:.0%})"
+        + (
+            f" and {ours['lock_rebuild_s'] + ours['sbom_rebuild_s']:.1f} s of the model-only "
+            f"rebuild ({_fmt(ours['rebuild_s'])} s)."
+            if {"lock_rebuild_s", "sbom_rebuild_s", "rebuild_s"} <= ours.keys()
+            else "."
+        )
+    )
+    return "\n".join(lines) + "\n"
+
+
+def build_phases(lines: list[tuple[float, str]]) -> dict[str, float]:
+    """Seconds of the lock and of the SBOM step in one `mlimg build`, from its output lines
+    with the time each was read: each phase lasts until the next line."""
+    found: dict[str, float] = {}
+    starts = {"lock": "locking the model's environment", "sbom": "/tmp/mlimg/sbom-tool"}
+    for index, (at, line) in enumerate(lines[:-1]):
+        for phase, sign in starts.items():
+            if sign in line and phase not in found:
+                found[phase] = lines[index + 1][0] - at
+    return found
 
 
 def startup_note(summary: dict[str, dict[str, float]]) -> str:
@@ -468,9 +528,18 @@ def build_upstream_mlserver(setup: Setup, model: Path, no_cache: bool) -> None:
         raise BenchmarkFailed(f"the upstream MLServer build failed; see {setup.log.name}") from None
 
 
-def build(setup: Setup, side: str, model: Path, no_cache: bool, smoke_test: bool = False) -> float:
+def build(
+    setup: Setup,
+    side: str,
+    model: Path,
+    no_cache: bool,
+    smoke_test: bool = False,
+    phases: dict[str, float] | None = None,
+    wheelhouse: Path | None = None,
+) -> float:
     """Seconds for the side's whole build command; mlimg's smoke test only when asked (it is
-    timed apart: MLflow tests nothing)."""
+    timed apart: MLflow tests nothing). For mlimg, `phases` gets the lock's and the SBOM
+    step's seconds (build_phases); `wheelhouse` builds offline from it."""
     if side == UPSTREAM_MLSERVER:
         started = time.monotonic()
         build_upstream_mlserver(setup, model, no_cache)
@@ -483,8 +552,13 @@ def build(setup: Setup, side: str, model: Path, no_cache: bool, smoke_test: bool
         )
         command = [sys.executable, "-c", code, str(model), tag(side), setup.mlflow_base]
     else:
-        command = ["mlimg", "build", "-m", str(model), "-t", tag(side),
-                   "--ca-cert", str(setup.ca_cert), "--base-image", setup.base_image]  # fmt: skip
+        built = tag(side if wheelhouse is None else OFFLINE)
+        command = ["mlimg", "build", "-m", str(model), "-t", built, "--base-image",
+                   setup.base_image]  # fmt: skip
+        if wheelhouse is None:
+            command += ["--ca-cert", str(setup.ca_cert)]
+        else:  # nothing is downloaded: no CA, no index, no network
+            command += ["--wheelhouse", str(wheelhouse)]
         if side == MLIMG_MLSERVER:
             command += ["--engine", "mlserver"]
         if not smoke_test:
@@ -492,9 +566,18 @@ def build(setup: Setup, side: str, model: Path, no_cache: bool, smoke_test: bool
         if no_cache:
             command.append("--no-cache")
     started = time.monotonic()
-    result = subprocess.run(command, stdout=setup.log, stderr=subprocess.STDOUT, cwd=setup.work)
+    lines: list[tuple[float, str]] = []
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=setup.work, text=True
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append((time.monotonic(), line))
+            setup.log.write(line)
     seconds = time.monotonic() - started
-    if result.returncode != 0:
+    if phases is not None:
+        phases.update(build_phases(lines))
+    if process.returncode != 0:
         what = f"{side} build with its smoke test" if smoke_test else f"{side} build"
         raise BenchmarkFailed(f"the {what} failed; see {setup.log.name}")
     return seconds
@@ -613,15 +696,26 @@ def measure_side(
         fresh_mlflow_base(setup)  # first, so that the old base goes with the old image
     remove_image(setup, tag(side))
     run = uuid.uuid4().hex[:8]  # no revision of the model is ever in the cache already
-    figures["cold_build_s"] = build(setup, side, model_copy(setup, f"{run}-cold"), True)
+    cold_phases: dict[str, float] = {}
+    figures["cold_build_s"] = build(
+        setup, side, model_copy(setup, f"{run}-cold"), True, phases=cold_phases
+    )
     cold = image_id(setup, side)
-    figures["rebuild_s"] = build(setup, side, model_copy(setup, f"{run}-rebuild"), False)
+    rebuilt_phases: dict[str, float] = {}
+    figures["rebuild_s"] = build(
+        setup, side, model_copy(setup, f"{run}-rebuild"), False, phases=rebuilt_phases
+    )
     remove_image(setup, cold)  # superseded: only its own layers go, the cache stays
     if side == "mlimg":
+        figures["lock_cold_s"] = cold_phases.get("lock", 0.0)
+        figures["sbom_cold_s"] = cold_phases.get("sbom", 0.0)
+        figures["lock_rebuild_s"] = rebuilt_phases.get("lock", 0.0)
+        figures["sbom_rebuild_s"] = rebuilt_phases.get("sbom", 0.0)
         rebuilt = image_id(setup, side)
         smoked = model_copy(setup, f"{run}-smoke")
         figures["smoke_rebuild_s"] = build(setup, side, smoked, False, smoke_test=True)
         remove_image(setup, rebuilt)
+        figures.update(offline_figures(setup, model_copy(setup, f"{run}-offline")))
     figures["size_added_mb"] = size_added_mb(setup, side)
     figures["load_floor_s"] = statistics.median(load_floor_s(setup, side) for _ in range(starts))
     if side == "mlimg" and baseline is not None:
@@ -633,6 +727,24 @@ def measure_side(
     serving, answers = serving_figures(setup, tag(side), starts, v2=side in ENGINE_SIDES)
     figures.update(serving)
     return figures, answers, None
+
+
+def offline_figures(setup: Setup, model: Path) -> dict[str, float]:
+    """`mlimg wheels` for the model (timed, sized), then a cold build from it with no network;
+    the offline image is removed after (its layers with it: nothing else shares them)."""
+    wheelhouse = setup.work / "wheelhouse"
+    shutil.rmtree(wheelhouse, ignore_errors=True)
+    command = ["mlimg", "wheels", "-m", str(model), "-d", str(wheelhouse), "--ca-cert",
+               str(setup.ca_cert)]  # fmt: skip
+    started = time.monotonic()
+    result = subprocess.run(command, stdout=setup.log, stderr=subprocess.STDOUT, cwd=setup.work)
+    figures = {"wheels_s": time.monotonic() - started}
+    if result.returncode != 0:
+        raise BenchmarkFailed(f"mlimg wheels failed; see {setup.log.name}")
+    figures["wheelhouse_mb"] = sum(p.stat().st_size for p in wheelhouse.iterdir()) / 1e6
+    figures["offline_cold_build_s"] = build(setup, "mlimg", model, True, wheelhouse=wheelhouse)
+    remove_image(setup, tag(OFFLINE))
+    return figures
 
 
 def serving_figures(setup: Setup, image: str, starts: int, v2: bool = False) -> tuple[dict, list]:
@@ -845,6 +957,7 @@ def main() -> int:
         f"\nmlimg's rebuild is timed with `--no-smoke-test`, as MLflow tests nothing; "
         f"`mlimg build` with its smoke test took {smoke:.1f} s (median).\n"
     ) + startup_note(summary)
+    table += supply_table(summary)
     table += engines_table(summary)
     table += baseline_table(summary, args.baseline_runtime or "")
     (out / "latest.md").write_text(table)

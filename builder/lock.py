@@ -109,6 +109,7 @@ class Lock:
 
 
 def pins_of(text: str) -> dict[str, str]:
+    """Each `NAME==VERSION` entry of a lock's text (or one section's): its version by its name."""
     found = {}
     for line in text.splitlines():
         name, sep, version = line.partition("==")
@@ -264,7 +265,7 @@ def check_fits(lock: Lock, plan: BuildPlan, platform: str, python: str | None = 
         (r, "the engine", environment) for r in (*plan.runtime_requirements, *plan.runtime_no_deps)
     ]
     wanted += [
-        (r.requirement, "the model's build requirements", lock.build_part)
+        (r.requirement, "python_env.yaml (build dependencies)", lock.build_part)
         for r in plan.model.build_requirements
     ]
     target = _marker_environment(python, platform)

@@ -13,7 +13,7 @@ import shlex
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.resources import as_file, files
@@ -33,7 +33,7 @@ from mlimg.lock import SBOM_TOOL_SECTION, UV_SECTION, Lock
 from mlimg.model import LocalModel
 from mlimg.plan import BuildPlan, has_credentials, redact_url
 from mlimg.requirements import BUILD_FILES_DIR, ModelRequirement, in_model_file, relocated
-from mlimg.wheelhouse import LOCK_NAME as WHEELHOUSE_LOCK
+from mlimg.wheelhouse import package_files
 from mlimg_runtime import contract
 
 WHEELS_DIR = "/tmp/mlimg/wheels"  # the build stage's copy of a wheelhouse
@@ -248,19 +248,20 @@ def _write_mlimg_files(plan: BuildPlan, mlimg_dir: Path) -> None:
 
 def _copy_wheels(wheelhouse: Path, dest: Path, link: bool) -> None:
     """The wheelhouse's package files (its lock is the image's, written apart)."""
+    dest.mkdir()
+    for path in package_files(wheelhouse):
+        target = dest / path.name
+        if link:
+            try:
+                os.link(path, target)
+                continue
+            except OSError:
+                pass  # another file system: copy instead
+        shutil.copyfile(path, target)
+        os.chmod(target, 0o644)
 
-    def ignore(directory: str, names: list[str]) -> list[str]:
-        return [name for name in names if name == WHEELHOUSE_LOCK or name.startswith(".")]
 
-    _copy_tree(wheelhouse, dest, link=link, ignore=ignore)
-
-
-def _copy_tree(
-    src: Path,
-    dest: Path,
-    link: bool,
-    ignore: Callable[[str, list[str]], Iterable[str]] | None = None,
-) -> None:
+def _copy_tree(src: Path, dest: Path, link: bool) -> None:
     """Copy a tree with modes the image's unprivileged user can read; skip bytecode caches.
 
     Symbolic links are copied as links, never followed (`model.check_model_tree` has made
@@ -285,7 +286,7 @@ def _copy_tree(
         dest,
         symlinks=True,
         copy_function=copy_file,
-        ignore=ignore or shutil.ignore_patterns("__pycache__", "*.pyc"),
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
     )
     real_src = os.path.realpath(src)
     for directory, subdirs, names in os.walk(dest):

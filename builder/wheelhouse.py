@@ -136,10 +136,24 @@ def lock_in(directory: Path) -> Path:
     return path
 
 
+def package_files(directory: Path) -> list[Path]:
+    """The wheelhouse's package files: regular files, never links (a wheelhouse mlimg fills
+    has none), so that nothing outside it is copied into a build context."""
+    return sorted(
+        path
+        for path in directory.iterdir()
+        if path.name != LOCK_NAME
+        and not path.name.startswith(".")
+        and path.is_file()
+        and not path.is_symlink()
+    )
+
+
 def check_complete(lock: Lock, directory: Path) -> None:
-    """Name, before any build, every pinned package the wheelhouse has no file of."""
-    held: set[tuple[str, Version]] = set()
-    for path in directory.iterdir():
+    """Name, before any build, every pinned package the wheelhouse has no file of, and every
+    file whose hash its lock does not hold (a copy damaged on its way across an air gap)."""
+    held: dict[tuple[str, Version], list[Path]] = {}
+    for path in package_files(directory):
         try:
             if path.name.endswith(".whl"):
                 name, version, _, _ = parse_wheel_filename(path.name)
@@ -147,18 +161,48 @@ def check_complete(lock: Lock, directory: Path) -> None:
                 name, version = parse_sdist_filename(path.name)
         except (InvalidWheelFilename, InvalidSdistFilename):
             continue
-        held.add((name, version))
-    missing = sorted({
-        f"{name}=={version}"
-        for part in lock.parts
-        for name, version in pins_of(part).items()
-        if (canonicalize_name(name), Version(version)) not in held
-    })  # fmt: skip
+        held.setdefault((name, version), []).append(path)
+    missing, damaged = set(), set()
+    for part in lock.parts:
+        hashes = hashes_of(part)
+        for name, version in pins_of(part).items():
+            files = held.get((canonicalize_name(name), Version(version)), [])
+            if not files:
+                missing.add(f"{name}=={version}")
+            for path in files:
+                if _sha256(path) not in hashes.get(canonicalize_name(name), set()):
+                    damaged.add(path.name)
     if missing:
         raise InvalidOption(
-            f"the wheelhouse {directory} has no file for {', '.join(missing)}: fill it again "
-            "with mlimg wheels for this model"
+            f"the wheelhouse {directory} has no file for {', '.join(sorted(missing))}: fill it "
+            "again with mlimg wheels for this model"
         )
+    if damaged:
+        raise InvalidOption(
+            f"in the wheelhouse {directory}, {', '.join(sorted(damaged))} does not match the "
+            "hashes of its lock (damaged or replaced): fill it again with mlimg wheels"
+        )
+
+
+def hashes_of(text: str) -> dict[str, set[str]]:
+    """Each entry's sha256 hashes in a lock's text, by its canonical name."""
+    found: dict[str, set[str]] = {}
+    name = None
+    for line in text.splitlines():
+        if _is_entry(line):
+            name = canonicalize_name(line.split("==")[0].strip())
+            found.setdefault(name, set())
+        elif name is not None and line.strip().startswith("--hash=sha256:"):
+            found[name].add(line.strip().split(":", 1)[1].rstrip(" \\"))
+    return found
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _without(text: str, pins: list[str]) -> str:

@@ -112,11 +112,20 @@ def with_unresolved_lock(plan):  # type: ignore[no-untyped-def]
     real ones)."""
     import dataclasses
 
-    from mlimg.lock import ENGINE_SECTION, MODEL_SECTION, SBOM_TOOL_SECTION, UV_SECTION, Lock
+    from mlimg.lock import (
+        BUILD_SECTION,
+        ENGINE_SECTION,
+        MODEL_SECTION,
+        SBOM_TOOL_SECTION,
+        UV_SECTION,
+        Lock,
+    )
 
     model = "".join(f"{item}\n" for item in plan.requirements)
     engine = "".join(f"{item}\n" for item in (*plan.runtime_requirements, *plan.runtime_no_deps))
     header = f"# mlimg test lock\n# python: {plan.model.python_minor}\n# platform: linux/amd64\n"
+    build = "".join(f"{item}\n" for item in plan.model.build_requirements)
+    build = BUILD_SECTION + build if build else ""
     tools = UV_SECTION + "uv\n" + SBOM_TOOL_SECTION + "cyclonedx-bom\n"
-    text = header + MODEL_SECTION + model + ENGINE_SECTION + engine + tools
+    text = header + build + MODEL_SECTION + model + ENGINE_SECTION + engine + tools
     return dataclasses.replace(plan, lock=Lock(text, plan.model.python_minor, "linux/amd64"))

@@ -181,3 +181,28 @@ def test_same_predictions_compares_every_side_and_the_v2_outputs() -> None:
     answers["mlimg"] = [(200, b'{"predictions": [1]}')]
     with pytest.raises(compare.BenchmarkFailed, match="mlimg's predictions differ"):
         compare.same_predictions(answers)
+
+
+def test_build_phases_last_until_the_next_line() -> None:
+    lines = [
+        (0.0, "locking the model's environment for Python 3.11 on linux/amd64\n"),
+        (1.8, "building mlimg-bench/mlimg:latest from ...\n"),
+        (2.0, "[14/27] RUN /opt/venv/bin/python -m compileall -q /opt/mlimg\n"),
+        (3.0, "[15/27] RUN python -m venv /tmp/mlimg/sbom-tool  && /tmp/mlimg/sbom-tool/...\n"),
+        (9.5, "[16/27] FROM python:3.11-slim\n"),
+    ]
+    assert compare.build_phases(lines) == {"lock": pytest.approx(1.8), "sbom": pytest.approx(6.5)}
+    assert compare.build_phases(lines[2:3]) == {}
+
+
+def test_supply_table_compares_the_offline_build_with_the_online_one() -> None:
+    figures = {"cold_build_s": 50.0, "rebuild_s": 6.0, "offline_cold_build_s": 45.0,
+               "wheels_s": 9.0, "wheelhouse_mb": 128.0, "lock_cold_s": 2.0, "sbom_cold_s": 8.0,
+               "lock_rebuild_s": 2.0, "sbom_rebuild_s": 0.0}  # fmt: skip
+    summary = compare.summarize([{"mlimg": figures}])
+    table = compare.supply_table(summary)
+    assert "| Cold build offline, from a wheelhouse (no network) | 45.0 s |" in table
+    assert "| Wheelhouse size | 128 MB |" in table
+    assert "An offline cold build took 0.90x the online one." in table
+    assert "Locking and the SBOM were 10.0 s of the cold build (20%) and 2.0 s of the " in table
+    assert compare.supply_table(compare.summarize([{"mlimg": {"cold_build_s": 1.0}}])) == ""

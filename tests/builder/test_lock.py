@@ -109,7 +109,7 @@ def test_build_requirements_are_locked_and_checked(example_model: Path, tmp_path
     lock.check_fits(locked, plan, "linux/amd64")
     other = tmp_path / "other.lock"
     other.write_text(locked.text.replace("\npip==24.0", "\npip==23.3"))
-    refusal = "the lock pins pip 23.3, and the model's build requirements require pip==24.0"
+    refusal = "the lock pins pip 23.3, and python_env.yaml (build dependencies) requires pip==24.0"
     with pytest.raises(InvalidOption, match=re.escape(refusal)):
         lock.check_fits(lock.read(other), plan, "linux/amd64")
 

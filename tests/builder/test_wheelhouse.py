@@ -232,3 +232,27 @@ def test_an_arm64_build_context_is_rendered_here(example_model: Path, tmp_path: 
     lock_text = (context / "mlimg" / "requirements.lock").read_text()
     assert "# platform: linux/arm64 (aarch64-manylinux_2_28)" in lock_text
     assert "--platform linux/arm64" in (context / "Dockerfile").read_text().splitlines()[1]
+
+
+def test_a_damaged_or_linked_file_is_named_before_the_build(
+    example_model: Path, iris_wheelhouse: Path, tmp_path: Path
+) -> None:
+    """A file changed on its way across the air gap fails its lock's hash here, not half-way
+    through a build; a link is never followed out of the wheelhouse, so its package is
+    missing."""
+    damaged = tmp_path / "damaged"
+    shutil.copytree(iris_wheelhouse, damaged)
+    [wheel] = damaged.glob("six-*.whl")
+    wheel.write_bytes(wheel.read_bytes() + b"\0")
+    result = mlimg("generate-dockerfile", "-m", str(example_model), "--wheelhouse", str(damaged),
+                   "-d", str(tmp_path / "context"))  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{wheel.name} does not match the hashes of its lock" in result.stderr
+    outside = tmp_path / wheel.name
+    wheel.rename(outside)
+    outside.write_bytes(outside.read_bytes()[:-1])  # the right bytes, outside the wheelhouse
+    wheel.symlink_to(outside)
+    linked = mlimg("generate-dockerfile", "-m", str(example_model), "--wheelhouse",
+                   str(damaged), "-d", str(tmp_path / "context"))  # fmt: skip
+    assert linked.returncode == 2 and re.search(r"has no file for six==[\d.]+", linked.stderr)
+    assert not (tmp_path / "context").exists()
