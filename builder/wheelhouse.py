@@ -39,6 +39,7 @@ from mlimg.plan import BuildPlan
 LOCK_NAME = "requirements.lock"  # the lock inside a wheelhouse
 _MANYLINUX_GLIBC = 28  # the lock's wheels: manylinux_2_28 and older (lock.PLATFORMS)
 _DOWNLOAD_TIMEOUT = 1800
+_REMOTE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*) @ (?:https?|ftp)://", re.MULTILINE)
 _MISSING = re.compile(r"(?:No matching distribution found for|satisfies the requirement) (\S+)")
 
 
@@ -162,6 +163,13 @@ def check_complete(lock: Lock, directory: Path) -> None:
         except (InvalidWheelFilename, InvalidSdistFilename):
             continue
         held.setdefault((name, version), []).append(path)
+    # A file inside the model is in the build context already; a URL is out of reach.
+    remote = sorted({m.group(1) for m in _REMOTE.finditer(lock.text)})
+    if remote:
+        raise InvalidOption(
+            f"the model requires {', '.join(remote)} by URL, which a build with no network "
+            "cannot fetch: put the file inside the model and require it by a file: URL"
+        )
     missing, damaged = set(), set()
     for part in lock.parts:
         hashes = hashes_of(part)

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
-from mlimg import lock
+from mlimg import lock, wheelhouse
 from mlimg.envmanagers import UV_VERSION, uv_binary
+from mlimg.errors import InvalidOption
 
 LOCK = "requirements.lock"
 
@@ -256,3 +257,15 @@ def test_a_damaged_or_linked_file_is_named_before_the_build(
                    str(damaged), "-d", str(tmp_path / "context"))  # fmt: skip
     assert linked.returncode == 2 and re.search(r"has no file for six==[\d.]+", linked.stderr)
     assert not (tmp_path / "context").exists()
+
+
+def test_a_requirement_by_url_is_refused_for_an_offline_build(tmp_path: Path) -> None:
+    """pip fetches a `NAME @ https://...` entry from its URL, wherever else the file lies."""
+    text = (
+        "# mlimg test lock\n# python: 3.11\n# platform: linux/amd64\n"
+        f"{lock.MODEL_SECTION}tiny @ https://example.invalid/tiny-1.0-py3-none-any.whl \\\n"
+        "    --hash=sha256:00\n"
+        f"{lock.ENGINE_SECTION}{lock.UV_SECTION}{lock.SBOM_TOOL_SECTION}"
+    )
+    with pytest.raises(InvalidOption, match="requires tiny by URL, which a build with no network"):
+        wheelhouse.check_complete(lock.Lock(text, "3.11", "linux/amd64"), tmp_path)
