@@ -255,7 +255,9 @@ def test_past_the_connection_limit_the_oldest_idle_connection_makes_room() -> No
         silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(120)]
         try:
             status, _, seconds = post(port)
-            assert status == 200 and seconds < 1
+            # Answered at once, not after an idle connection's 30 s: the bound leaves room for
+            # a loaded machine (1.006 s was seen once in a full CI run on 2 cores).
+            assert status == 200 and seconds < 5
             time.sleep(0.2)
             closed = 0
             for sock in silent:
