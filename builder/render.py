@@ -250,15 +250,21 @@ def _copy_wheels(wheelhouse: Path, dest: Path, link: bool) -> None:
     """The wheelhouse's package files (its lock is the image's, written apart)."""
     dest.mkdir()
     for path in package_files(wheelhouse):
-        target = dest / path.name
-        if link:
-            try:
-                os.link(path, target)
-                continue
-            except OSError:
-                pass  # another file system: copy instead
-        shutil.copyfile(path, target)
-        os.chmod(target, 0o644)
+        _place_file(str(path), str(dest / path.name), link)
+
+
+def _place_file(source: str, target: str, link: bool) -> None:
+    """A hard link to `source` if asked and it is readable by all, else a copy with a mode the
+    image's unprivileged user can read."""
+    mode = os.stat(source).st_mode
+    if link and mode & stat.S_IROTH:
+        try:
+            os.link(source, target)
+            return
+        except OSError:
+            pass  # another file system: copy instead
+    shutil.copyfile(source, target)
+    os.chmod(target, 0o755 if mode & stat.S_IXUSR else 0o644)
 
 
 def _copy_tree(src: Path, dest: Path, link: bool) -> None:
@@ -269,23 +275,11 @@ def _copy_tree(src: Path, dest: Path, link: bool) -> None:
     that it still points at the same file inside the image.
     """
 
-    def copy_file(source: str, target: str) -> None:
-        mode = os.stat(source).st_mode
-        if link and mode & stat.S_IROTH:
-            try:
-                os.link(source, target)
-                return
-            except OSError:
-                pass  # another file system: copy instead
-        shutil.copyfile(source, target)
-        executable = mode & stat.S_IXUSR
-        os.chmod(target, 0o755 if executable else 0o644)
-
     shutil.copytree(
         src,
         dest,
         symlinks=True,
-        copy_function=copy_file,
+        copy_function=lambda source, target: _place_file(source, target, link),
         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
     )
     real_src = os.path.realpath(src)
