@@ -79,6 +79,7 @@ def build_and_tag(
         context = write_context(model_uri, options, Path(tmp) / "context", report, True)
         plan = context.plan
         daemon.check_platform(client, plan.platform)
+        daemon.ensure_base_image(client, plan.base_image, plan.platform, report)
         report(
             f"building {settings.tag} from {plan.model.uri} ({plan.env_manager}, {plan.base_image})"
         )

@@ -67,6 +67,35 @@ def check_platform(client: docker.DockerClient, platform: str) -> None:
         )
 
 
+def ensure_base_image(
+    client: docker.DockerClient, image: str, platform: str, report: Callable[[str], None]
+) -> None:
+    """Pull the base image unless the engine has it, so that one that cannot be had is named
+    before the build starts, with the ways to provide it."""
+    try:
+        client.images.get(image)
+        return
+    except ImageNotFound:
+        pass
+    except DockerException as exc:
+        raise EngineUnavailable(f"the Docker engine did not answer: {_reason(exc)}") from None
+    report(f"pulling the base image {image}")
+    try:
+        client.images.pull(image, platform=platform)
+    except DockerException as exc:
+        raise BuildFailed(_base_image_missing(image, _reason(exc))) from None
+
+
+def _base_image_missing(image: str, reason: str) -> str:
+    return (
+        f"the base image {image} is not in this Docker engine and could not be pulled "
+        f"({reason});\nprovide it one of these ways: run docker pull {image} where a registry "
+        "is reachable (or docker load an image saved with docker save), give dockerd a "
+        "registry mirror (registry-mirrors in /etc/docker/daemon.json), or name an image the "
+        "engine has with --base-image IMAGE"
+    )
+
+
 def build_image(
     client: docker.DockerClient,
     context: Path,
@@ -86,7 +115,7 @@ def build_image(
     started = time.monotonic()
     steps = cached = 0
     image_id = None
-    current_step = ""
+    current_step = step_text = ""
 
     try:
         stream = client.api.build(
@@ -101,7 +130,7 @@ def build_image(
         )
         for chunk in stream:
             if "error" in chunk:
-                raise BuildFailed(_build_failure(chunk["error"], tail, current_step, network))
+                raise BuildFailed(_build_failure(chunk["error"], tail, step_text, network))
             if "aux" in chunk and isinstance(chunk["aux"], dict) and "ID" in chunk["aux"]:
                 image_id = chunk["aux"]["ID"]
             for line in _ANSI.sub("", str(chunk.get("stream", ""))).splitlines():
@@ -111,7 +140,8 @@ def build_image(
                 if match:
                     # FROM names an image and is never "from cache": count the others.
                     steps += not match.group(3).upper().startswith("FROM ")
-                    current_step = f"[{match.group(1)}/{match.group(2)}] {_shorten(match.group(3))}"
+                    step_text = match.group(3)
+                    current_step = f"[{match.group(1)}/{match.group(2)}] {_shorten(step_text)}"
                     report(current_step)
                 elif line.strip() == "---> Using cache":
                     cached += 1
@@ -122,7 +152,7 @@ def build_image(
                     if verbose:
                         report(f"    {line}")
     except APIError as exc:
-        raise BuildFailed(_build_failure(_reason(exc), tail, network=network)) from None
+        raise BuildFailed(_build_failure(_reason(exc), tail, step_text, network)) from None
     except DockerException as exc:
         raise BuildFailed(f"the build was interrupted: {_reason(exc)}") from None
     if image_id is None:
@@ -350,17 +380,17 @@ def image_size(client: docker.DockerClient, image: str) -> int | None:
 def _build_failure(
     error: str, tail: collections.deque[str], step: str = "", network: str | None = None
 ) -> str:
+    """The message for a failed build: what failed, the likeliest cause when the log shows
+    one, and the log's last lines. `step` is the text of the Dockerfile step that failed."""
     error = error.strip()
+    base = re.match(r"FROM\s+(?:--platform=\S+\s+)?(\S+)", step, re.IGNORECASE)
+    if base:
+        return _base_image_missing(base.group(1), error)
     code = re.search(r"returned a non-zero code: (\d+)", error)
     if code and step:
-        error = f"step {step} exited with code {code.group(1)}"
+        error = f"the step {_shorten(step)} exited with code {code.group(1)}"
     lines = [f"the image build failed: {error}"]
     log = "\n".join(tail)
-    if "pull access denied" in error or "manifest unknown" in error or "not found" in error:
-        lines.append(
-            "the base image is neither present in the engine nor pullable from a registry; "
-            "pull or build it first, or choose another with --base-image"
-        )
     found = _MISSING_FILE.search(log)
     missing = found and (found.group(1) or found.group(2))
     if missing and network == "none":
@@ -372,17 +402,32 @@ def _build_failure(
         lines.append(f"the package index has no file for {missing}")
     elif any(sign in log for sign in _RESOLVER_FAILURES):
         lines.append(
-            "the model's environment and mlimg's runtime requirements conflict (the "
-            "resolver's explanation is below); pin versions that satisfy both"
+            f"{_installed_by(step)} cannot be installed together (the resolver's explanation "
+            "is below): change the pins that it names"
         )
     if "CERTIFICATE_VERIFY_FAILED" in log or "certificate verify failed" in log:
         lines.append(
             "TLS verification failed inside the build: pass the CA bundle your network needs "
             "with --ca-cert FILE"
         )
-    lines.append("last lines of the build log:")
-    lines.extend(f"  {line}" for line in tail)
+    if tail:
+        lines.append("last lines of the build log:")
+        lines.extend(f"  {line}" for line in tail)
     return "\n".join(lines)
+
+
+# Whose requirements a step installs, by the file of the build context that it reads.
+_INSTALLS = (
+    ("env/conda.yaml", "the model's conda environment (conda.yaml)"),
+    ("env/build.lock", "the model's build dependencies (python_env.yaml)"),
+    ("env/requirements.lock", "the model's requirements"),
+    ("runtime.lock", "the serving engine's packages"),
+    ("tools/", "the build's own tools"),
+)
+
+
+def _installed_by(step: str) -> str:
+    return next((whose for path, whose in _INSTALLS if path in step), "the requirements")
 
 
 # What pip and uv print when no file of a pinned version is found, naming NAME==VERSION.
@@ -398,6 +443,7 @@ _RESOLVER_FAILURES = (
     "ResolutionImpossible",
     "No solution found",
     "requirements are unsatisfiable",
+    "Could not solve for environment specs",  # micromamba
 )
 
 

@@ -18,7 +18,7 @@ from docker.errors import DockerException
 from mlimg.errors import SmokeTestFailed
 
 CONTAINER_PORT = "8080/tcp"
-_LOG_LINES = 60
+_LOG_LINES = 100
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,8 @@ def smoke_test(
         report(f"/invocations answered 200 with predictions: {_preview(predictions)}")
         return SmokeReport(ready, predictions)
     except SmokeTestFailed as exc:
-        raise SmokeTestFailed(f"{exc}\n{_container_log(container)}") from None
+        log = _container_log(container)
+        raise SmokeTestFailed(f"{load_failure(log) or exc}\n{_log_report(log)}") from None
     except DockerException as exc:
         raise SmokeTestFailed(f"the engine failed during the smoke test: {exc}") from None
     finally:
@@ -117,15 +118,39 @@ def _invoke(base_url: str, example: Any) -> Any:
     return answer["predictions"]
 
 
-def _container_log(container: Any) -> str:
+def _container_log(container: Any) -> str | None:
     try:
-        log = container.logs(tail=_LOG_LINES).decode("utf-8", errors="replace").rstrip()
+        return container.logs(tail=_LOG_LINES).decode("utf-8", errors="replace").rstrip()
     except DockerException:
+        return None
+
+
+def _log_report(log: str | None) -> str:
+    """The container's log without the smoke test's own /ping probes, and a hint when it
+    shows a shared library the image lacks."""
+    if log is None:
         return "(the container's log could not be read)"
-    lines = log.splitlines() or ["(empty)"]
+    lines = [line for line in log.splitlines() if not _PROBE.search(line)] or ["(empty)"]
     text = "the container's log:\n" + "\n".join(f"  {line}" for line in lines)
     hint = missing_library_hint(log)
     return f"{text}\n{hint}" if hint else text
+
+
+# An access line of a /ping probe, which the smoke test makes four times a second.
+_PROBE = re.compile(r'"GET /ping HTTP/1\.[01]" \d{3} ')
+# The runtime's line for a model that failed to load, and the hint it may add.
+_LOAD_FAILURE = re.compile(r"mlimg_runtime: (could not load the model at .*)$", re.MULTILINE)
+_LOAD_HINT = re.compile(r"mlimg_runtime: (hint: .*)$", re.MULTILINE)
+
+
+def load_failure(log: str | None) -> str | None:
+    """The model's load failure from the runtime's log, with its hint: the headline of a
+    failed smoke test, ahead of the log."""
+    failure = _LOAD_FAILURE.search(log or "")
+    if failure is None:
+        return None
+    hint = _LOAD_HINT.search(log or "")
+    return failure.group(1) + (f"\n{hint.group(1)}" if hint else "")
 
 
 # Debian packages that ship shared libraries wheels commonly expect of the system.

@@ -31,7 +31,7 @@ from mlimg_runtime.codecs import (
     prepare_frame,
 )
 from mlimg_runtime.errors import BadRequest, ScoringError
-from mlimg_runtime.model import Signature, load_model, predict
+from mlimg_runtime.model import Signature, load_failure_hint, load_model, predict
 
 log = logging.getLogger("mlimg_runtime")
 DEFAULT_CHUNK_ROWS = 10_000
@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"mlimg: error: could not load the model: {type(exc).__name__}: {exc}", file=sys.stderr
         )
+        hint = load_failure_hint(exc)
+        if hint:
+            print(hint, file=sys.stderr)
         return 1
     signature = Signature.of(model)
     source = sys.stdin.buffer if args.input in (None, "-") else open(args.input, "rb")  # noqa: SIM115

@@ -158,6 +158,13 @@ class AccessLogger(Logger):
                 for handler in log.handlers:
                     handler.setFormatter(JsonFormatter())
 
+    def info(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        # With reuse_port each worker binds the address itself and gunicorn's master holds no
+        # listener, so its "Listening at: %s (%s)" would name none: name the address bound.
+        if msg.startswith("Listening at:") and args and not args[0]:
+            args = (",".join(f"http://{address}" for address in self.cfg.bind), *args[1:])
+        super().info(msg, *args, **kwargs)
+
     def request(
         self, environ: dict[str, Any], status: int, size: int, request_time: dt.timedelta
     ) -> None:

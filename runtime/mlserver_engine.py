@@ -36,7 +36,7 @@ from mlimg_runtime import __version__, contract
 from mlimg_runtime.codecs import JSON
 from mlimg_runtime.config import ServerConfig, use_writable_temp_dir
 from mlimg_runtime.errors import BadRequest, ModelLoading, ScoringError
-from mlimg_runtime.model import ServedModel, load_model
+from mlimg_runtime.model import ServedModel, load_failure_hint, load_model
 from mlimg_runtime.model import predict as predict_sorted
 from mlimg_runtime.scoring import BODY_TOO_LARGE, Scorer, error_body
 
@@ -103,7 +103,13 @@ def _model_class() -> Any:
         """mlserver-mlflow's runtime with mlimg's loading, /invocations and error sorting."""
 
         async def load(self) -> bool:
-            model, mlflow_version = load_model(self._settings.parameters.uri)
+            try:
+                model, mlflow_version = load_model(self._settings.parameters.uri)
+            except ModuleNotFoundError as exc:  # MLServer logs the failure; this says why
+                hint = load_failure_hint(exc)
+                if hint:
+                    log.error("%s", hint)
+                raise
             self._model = model
             self._input_schema = model.metadata.get_input_schema()
             self._signature = model.metadata.signature

@@ -25,6 +25,33 @@ def load_model(path: str) -> tuple[Any, str | None]:
     return mlflow.pyfunc.load_model(path), getattr(mlflow, "__version__", None)
 
 
+# Modules whose package is named otherwise, among those models most often import.
+_PACKAGE_OF_MODULE = {
+    "sklearn": "scikit-learn",
+    "cv2": "opencv-python-headless",
+    "PIL": "pillow",
+    "yaml": "pyyaml",
+    "google": "protobuf",
+    "bs4": "beautifulsoup4",
+    "skimage": "scikit-image",
+}
+
+
+def load_failure_hint(exc: BaseException) -> str | None:
+    """What to do about a model that failed to load, when the failure says: a module its
+    environment lacks (a package left out of an explicit pip_requirements, most often)."""
+    if not isinstance(exc, ModuleNotFoundError) or not exc.name:
+        return None
+    module = exc.name.split(".")[0]
+    package = _PACKAGE_OF_MODULE.get(module, module)
+    return (
+        f"hint: the module {module} is missing from the model's environment: its requirements "
+        f"(requirements.txt, python_env.yaml, conda.yaml) lack the package that provides it, "
+        f'probably {package}; log the model again with extra_pip_requirements=["{package}"]'
+        f" (or with {package} in its pip_requirements)"
+    )
+
+
 @dataclass(frozen=True)
 class Signature:
     """What decoding needs from the model's signature, read once when the model loads."""

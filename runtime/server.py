@@ -24,7 +24,7 @@ from mlimg_runtime.app import create_app
 from mlimg_runtime.config import ServerConfig, use_writable_temp_dir
 from mlimg_runtime.front import Limits
 from mlimg_runtime.logs import access_logger_class, configure_logging
-from mlimg_runtime.model import ServedModel, load_model
+from mlimg_runtime.model import ServedModel, load_failure_hint, load_model
 from mlimg_runtime.worker import EventLoopWorker
 
 log = logging.getLogger("mlimg_runtime")
@@ -123,7 +123,17 @@ class _ModelLoader:
         try:
             model, mlflow_version = load_model(self.path)
         except BaseException as exc:  # any failure to load ends the server, not just this thread
-            log.error("could not load the model at %s: %s: %s", self.path, type(exc).__name__, exc)
+            # Once, with its traceback: what the model's author needs to mend it.
+            log.error(
+                "could not load the model at %s: %s: %s",
+                self.path,
+                type(exc).__name__,
+                exc,
+                exc_info=True,
+            )
+            hint = load_failure_hint(exc)
+            if hint:
+                log.error("%s", hint)
             self.failed = True
             os.kill(os.getpid(), signal.SIGTERM)
             return

@@ -20,9 +20,12 @@ def example_requirements() -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def make_sklearn_model(dest: Path, max_iter: int = 500, relabel: int = 0) -> Path:
+def make_sklearn_model(
+    dest: Path, max_iter: int = 500, relabel: int = 0, requirements: list[str] | None = None
+) -> Path:
     """Iris logistic regression with a column signature and an input example; `relabel`
-    shifts the classes it learns (a model with the same requirements and other answers)."""
+    shifts the classes it learns (a model with the same requirements and other answers);
+    `requirements` replace the example's pip requirements."""
     import mlflow.sklearn
     from mlflow.models import infer_signature
     from sklearn.datasets import load_iris
@@ -37,7 +40,7 @@ def make_sklearn_model(dest: Path, max_iter: int = 500, relabel: int = 0) -> Pat
         signature=infer_signature(features, model.predict(features)),
         input_example=features.head(3),
         serialization_format="skops",
-        pip_requirements=example_requirements(),
+        pip_requirements=example_requirements() if requirements is None else requirements,
     )
     return dest
 

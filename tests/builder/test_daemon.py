@@ -90,3 +90,32 @@ def test_a_missing_package_file_is_named(log: str, network: str | None, says: st
     message = daemon._build_failure("returned a non-zero code: 1", tail, "[9/27] RUN", network)
     assert says in message
     assert "conflict" not in message
+
+
+@pytest.mark.parametrize(
+    ("step", "whose"),
+    [
+        ("RUN micromamba create --yes --prefix /opt/conda-env --file /tmp/mlimg/env/conda.yaml",
+         "the model's conda environment (conda.yaml)"),
+        ("RUN /opt/venv/bin/python -m pip install --no-deps -r /tmp/mlimg/env/requirements.lock",
+         "the model's requirements"),
+        ("RUN /opt/venv/bin/python -m pip install -r /tmp/mlimg/runtime.lock",
+         "the serving engine's packages"),
+    ],
+)  # fmt: skip
+def test_a_resolver_failure_names_whose_requirements_failed(step: str, whose: str) -> None:
+    """Not "mlimg's runtime requirements conflict" when the runtime is not involved."""
+    tail = collections.deque(["", "error: Could not solve for environment specs", "  nothing"])
+    message = daemon._build_failure("returned a non-zero code: 1", tail, step)
+    assert message.splitlines()[0] == f"the image build failed: the step {step} exited with code 1"
+    assert f"{whose} cannot be installed together" in message
+    assert "runtime requirements conflict" not in message
+
+
+def test_a_base_image_that_cannot_be_pulled_is_named_with_the_ways_to_provide_it() -> None:
+    dns = 'Get "https://registry-1.docker.io/v2/": dial tcp: lookup registry-1.docker.io'
+    message = daemon._build_failure(dns, collections.deque(), "FROM python:3.12-slim AS build")
+    assert message.startswith("the base image python:3.12-slim is not in this Docker engine")
+    for way in ("docker pull python:3.12-slim", "registry-mirrors", "--base-image IMAGE"):
+        assert way in message
+    assert "last lines of the build log" not in message  # it would be empty

@@ -265,3 +265,45 @@ def test_runtime_conflict_fails_the_build_naming_both(
     assert re.search(r"flask[ =<>!~]\S* depends on werkzeug", result.stderr, re.IGNORECASE)
     assert "[1/" not in result.stderr  # no build step ran
     assert not docker_client.images.list(name="mlimg-test/conflict")
+
+
+def test_a_base_image_the_engine_cannot_have_is_named_before_any_step(
+    docker_client, sklearn_model: Path, ca_cert: Path
+) -> None:
+    """No registry answers here; where one does, this repository does not exist there."""
+    tag = "mlimg-test/no-base:e2e"
+    result = build(sklearn_model, tag, ca_cert, "--base-image", "mlimg-test/no-such-base:1")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert (
+        "the base image mlimg-test/no-such-base:1 is not in this Docker engine and could not be "
+        "pulled" in result.stderr
+    )
+    assert "docker pull mlimg-test/no-such-base:1" in result.stderr
+    assert "[1/" not in result.stderr  # no build step ran
+    assert not docker_client.images.list(name="mlimg-test/no-base")
+
+
+def test_a_module_missing_from_the_requirements_is_named_with_its_traceback(
+    docker_client, tmp_path: Path, ca_cert: Path
+) -> None:
+    """MLflow saves this model with skops, which its explicit pip_requirements leave out."""
+    requirements = [r for r in example_requirements() if not r.startswith("skops")]
+    model = make_sklearn_model(tmp_path / "no-skops", requirements=requirements)
+    tag = "mlimg-test/no-skops:e2e"
+    result = build(model, tag, ca_cert)
+    assert result.returncode == 1
+    report, log = result.stderr.split("the container's log:")
+    assert "Traceback" not in report
+    assert (
+        "mlimg: error: could not load the model at /opt/ml/model: ModuleNotFoundError: "
+        "No module named 'skops'\nhint: the module skops is missing from the model's "
+        "environment" in report
+    )
+    assert 'extra_pip_requirements=["skops"]' in report
+    # The log: the address, the traceback once, none of the smoke test's own probes.
+    assert "Listening at: http://0.0.0.0:8080" in log
+    assert log.count("Traceback (most recent call last)") == 1
+    assert "import skops.io" in log
+    assert "GET /ping" not in log
+    assert not docker_client.images.list(name="mlimg-test/no-skops")

@@ -143,3 +143,14 @@ def test_access_logger_writes_each_line_at_once_when_told(capfd) -> None:
     environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/ping", "REMOTE_ADDR": "1.2.3.4"}
     logger.request(environ, 200, 1, dt.timedelta(0))
     assert capfd.readouterr().out == '1.2.3.4 "GET /ping HTTP/1.1" 200 1 0ms\n'
+
+
+def test_gunicorn_listening_line_names_the_address_the_workers_bind(capfd) -> None:
+    """With reuse_port gunicorn's master holds no listener, and its line named none."""
+    logger = access_logger("plain", 0)
+    logger.cfg.set("bind", ["0.0.0.0:8080"])
+    logger.info("Listening at: %s (%s)", "", 1)
+    logger.info("Listening at: %s (%s)", "http://127.0.0.1:9", 1)  # a listener of its own
+    err = capfd.readouterr().err
+    assert "Listening at: http://0.0.0.0:8080 (1)" in err
+    assert "Listening at: http://127.0.0.1:9 (1)" in err
