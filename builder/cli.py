@@ -541,12 +541,12 @@ def generate_manifests(
 
 @contextlib.contextmanager
 def _model_environment(
-    model_uri: str, env_manager: str, engine: str = DEFAULT_ENGINE
+    model_uri: str, env_manager: str, engine: str = DEFAULT_ENGINE, full_mlflow: bool = False
 ) -> Iterator[tuple[LocalModel, envs.ModelEnvironment]]:
     """The model (downloaded while in use, if remote) and the environment that runs it."""
     with open_model(model_uri) as resolved:
         model = load_local_model(resolved)
-        yield model, envs.prepare_environment(model, env_manager, _say, engine)
+        yield model, envs.prepare_environment(model, env_manager, _say, engine, full_mlflow)
 
 
 _HOST_ENV_MANAGER = click.option(
@@ -556,6 +556,14 @@ _HOST_ENV_MANAGER = click.option(
     show_default=True,
     help="virtualenv, uv or conda: a cached environment made from the model's own "
     "(conda needs micromamba, mamba or conda on PATH); local: this Python.",
+)
+_HOST_FULL_MLFLOW_OPTION = click.option(
+    "--full-mlflow",
+    is_flag=True,
+    help="Install the full mlflow package the model pins, as mlimg build --full-mlflow does. "
+    "By default the environment gets mlflow-skinny, as the image does, so that the model "
+    "answers here as it will in its image (the spark runner always gets full mlflow, which "
+    "brings the pyarrow it needs).",
 )
 
 
@@ -578,6 +586,7 @@ _HOST_ENV_MANAGER = click.option(
     help="Seconds a request may take before it is answered 504.",
 )
 @_HOST_ENV_MANAGER
+@_HOST_FULL_MLFLOW_OPTION
 @_ENGINE_OPTION
 @_reports_errors
 def serve(
@@ -587,11 +596,12 @@ def serve(
     workers: int | None,
     timeout: int,
     env_manager: str,
+    full_mlflow: bool,
     engine: str,
 ) -> None:
-    """Serve MODEL on this machine with the same server as the images."""
+    """Serve MODEL on this machine with the same server and environment rules as its image."""
     host_runtime.check_port_free(host, port)
-    with _model_environment(model_uri, env_manager, engine) as (model, env):
+    with _model_environment(model_uri, env_manager, engine, full_mlflow) as (model, env):
         _say(f"serving {model_uri} with {engine} on http://{host}:{port} (Ctrl-C stops it)")
         host_runtime.serve(serving_engine(engine), env, model.path, host, port, workers, timeout)
 
@@ -639,6 +649,7 @@ _LOCAL_CHUNK_ROWS = 10_000
     "up to 100,000.",
 )
 @_HOST_ENV_MANAGER
+@_HOST_FULL_MLFLOW_OPTION
 @click.option(
     "--runner",
     type=click.Choice(("local", "spark")),
@@ -679,6 +690,7 @@ def predict(
     content_type: str | None,
     chunk_rows: int | None,
     env_manager: str,
+    full_mlflow: bool,
     runner: str,
     master: str,
     spark_conf: tuple[str, ...],
@@ -713,7 +725,7 @@ def predict(
     if output_path is not None and output_path.is_dir():
         raise click.BadParameter(f"'{output_path}' is a directory", param_hint="'-o'")
     chunk_rows = chunk_rows or _LOCAL_CHUNK_ROWS
-    with _model_environment(model_uri, env_manager) as (model, env):
+    with _model_environment(model_uri, env_manager, full_mlflow=full_mlflow) as (model, env):
         code = host_runtime.predict(env, model.path, source, output_path, content_type, chunk_rows)
     if code != 0:
         sys.exit(code)

@@ -10,6 +10,7 @@ from creating the same environment at once.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -31,6 +32,7 @@ from mlimg.engines import DEFAULT_ENGINE, ServingEngine, serving_engine
 from mlimg.envmanagers import RuntimeInstall, env_manager, python_in
 from mlimg.errors import EnvironmentFailed, InvalidOption
 from mlimg.model import LocalModel
+from mlimg.plan import environment_requirements
 
 _COMPLETE = ".mlimg-complete"
 _LOCK_WAIT_SECONDS = 1800
@@ -52,13 +54,24 @@ def cache_root() -> Path:
 
 
 def environment_python(
-    model: LocalModel, env_manager_name: str, engine_name: str = DEFAULT_ENGINE
+    model: LocalModel,
+    env_manager_name: str,
+    engine_name: str = DEFAULT_ENGINE,
+    full_mlflow: bool = False,
 ) -> Path:
     """The interpreter `prepare_environment` will return, known before it is made or checked."""
     manager = env_manager(env_manager_name)
     if manager.create is None:
         return Path(sys.executable)
+    model = _as_in_the_image(model, full_mlflow)
     return python_in(_cached_path(model, manager.name, serving_engine(engine_name)))
+
+
+def _as_in_the_image(model: LocalModel, full_mlflow: bool) -> LocalModel:
+    """The model with the requirements its image installs (mlflow-skinny for a pinned mlflow,
+    unless `full_mlflow`), so that it answers here as it will in its image."""
+    requirements = tuple(environment_requirements(model, full_mlflow))
+    return dataclasses.replace(model, requirements=requirements)
 
 
 def _cached_path(model: LocalModel, manager_name: str, engine: ServingEngine) -> Path:
@@ -70,12 +83,17 @@ def prepare_environment(
     env_manager_name: str,
     report: Callable[[str], None],
     engine_name: str = DEFAULT_ENGINE,
+    full_mlflow: bool = False,
 ) -> ModelEnvironment:
+    """The cached environment that runs `model` with the engine: made from the requirements
+    the model's image would install (`full_mlflow` as in `mlimg build`), or this Python."""
     manager = env_manager(env_manager_name)
     engine = serving_engine(engine_name)
     engine.check_python(model)
     if manager.create is None:
         return _local_environment(engine)
+    skinny = _as_in_the_image(model, full_mlflow)
+    swapped, model = skinny.requirements != model.requirements, skinny
     path = _cached_path(model, manager.name, engine)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(path.with_name(f"{path.name}.lock")))
@@ -99,6 +117,11 @@ def prepare_environment(
             f"creating a {manager.name} environment with Python {model.python_minor} and "
             f"{len(model.requirements)} requirements in {path}"
         )
+        if swapped:
+            report(
+                "installing mlflow-skinny in place of the full mlflow the model pins, as its image "
+                "does (--full-mlflow keeps mlflow)"
+            )
         runtime = RuntimeInstall(
             tuple(engine.requirements(model)),
             tuple(engine.no_deps_requirements()),

@@ -124,16 +124,18 @@ def run(
     _check_output(output)
     started = time.monotonic()
     local = job.master.startswith("local")
+    # Full mlflow where the model pins it: it brings pyarrow, which Spark's Arrow batches need.
     with (
         tempfile.TemporaryDirectory(prefix="mlimg-spark-") as tmp,
         contextlib.ExitStack() as stack,
     ):
         if local:
-            python = str(envs.environment_python(model, env_manager))
+            python = str(envs.environment_python(model, env_manager, full_mlflow=True))
             session = stack.enter_context(_session(job, model, python, None, report))
-            _check_environment(envs.prepare_environment(model, env_manager, report))
+            env = envs.prepare_environment(model, env_manager, report, full_mlflow=True)
+            _check_environment(env)
         else:
-            env = envs.prepare_environment(model, env_manager, report)
+            env = envs.prepare_environment(model, env_manager, report, full_mlflow=True)
             _check_environment(env)
             archive = _packed_environment(env, report)
             python = f"./{_ENV_ARCHIVE}/bin/python"

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -440,3 +441,41 @@ def test_a_damaged_cached_environment_is_made_again(registry, cache_dir: Path) -
     assert "is broken" in output and "gunicorn.arbiter" in output, output
     assert "creating a uv environment" in output
     assert module.is_file()
+
+
+def post_parquet(url: str, frame: pd.DataFrame) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        f"{url}/invocations",
+        data=frame.to_parquet(),
+        headers={"Content-Type": "application/vnd.apache.parquet"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_serve_has_the_images_environment_rules(sklearn_model: Path, tmp_path: Path) -> None:
+    """The image installs mlflow-skinny, without pyarrow: Parquet is 415 there, and so here;
+    --full-mlflow gives both the full mlflow the model pins, and pyarrow with it."""
+    swapped = "installing mlflow-skinny in place of the full mlflow the model pins"
+    for extra, status in (((), 415), (("--full-mlflow",), 200)):
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        process = start_serve(str(sklearn_model), port, tmp_path, None, *extra)
+        try:
+            wait_ready(url, process)
+            code, answer = post_parquet(url, iris(5))
+            process.send_signal(signal.SIGTERM)
+            output, _ = process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        assert code == status, answer
+        assert "creating a uv environment" in output  # one environment for each
+        assert (swapped in output) == (not extra), output
+        if status == 415:
+            assert "--full-mlflow" in answer["message"]
+        else:
+            assert len(answer["predictions"]) == 5
