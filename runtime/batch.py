@@ -17,10 +17,13 @@ import io
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from typing import IO, Any
 
+import numpy as np
 import pandas as pd
 
 from mlimg_runtime.codecs import (
@@ -28,6 +31,7 @@ from mlimg_runtime.codecs import (
     decode_json,
     json_default,
     jsonable,
+    prediction_frame,
     prepare_frame,
 )
 from mlimg_runtime.errors import BadRequest, ScoringError
@@ -52,7 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     signature = Signature.of(model)
     source = sys.stdin.buffer if args.input in (None, "-") else open(args.input, "rb")  # noqa: SIM115
     to_csv = args.format == "csv" if args.format else str(args.output).lower().endswith(".csv")
-    sink = sys.stdout if args.output in (None, "-") else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
+    to_stdout = args.output in (None, "-")
+    # Standard output gets the answer whole or nothing: it is spooled to an unnamed file (on
+    # disk, as a large input's predictions may not fit memory) and copied out once complete.
+    sink = (
+        tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115
+        if to_stdout
+        else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
+    )
     try:
         if args.type == "csv":
             chunks = _csv_chunks(source, signature, args.chunk_rows, _size(args.input))
@@ -64,14 +75,17 @@ def main(argv: list[str] | None = None) -> int:
         for data, params in chunks:
             writer.write(predict(model, data, params))
         writer.close()
+        if to_stdout:
+            sink.seek(0)
+            shutil.copyfileobj(sink, sys.stdout)
+            sys.stdout.flush()
     except ScoringError as exc:
         print(f"mlimg: error: {exc.message}", file=sys.stderr)
         return 1
     finally:
         if source is not sys.stdin.buffer:
             source.close()
-        if sink is not sys.stdout:
-            sink.close()
+        sink.close()
     return 0
 
 
@@ -122,19 +136,27 @@ class _Prefixed(io.TextIOBase):
 
 
 class _CsvWriter:
-    """Predictions as CSV rows, one per input row: a frame's own columns, else 'prediction'."""
+    """Predictions as CSV rows, one per input row, in the columns of `prediction_frame`; a value
+    that is itself an array (a row of a 3-D output) is written as JSON text."""
 
     def __init__(self, sink: IO[str]):
         self._sink = sink
         self._header = True
 
     def write(self, predictions: Any) -> None:
-        frame = _as_frame(predictions)
+        frame = prediction_frame(predictions)
+        for name, column in frame.items():
+            if pd.api.types.is_object_dtype(column) and column.map(_is_array).any():
+                frame[name] = column.map(lambda v: json.dumps(jsonable(v), default=json_default))
         frame.to_csv(self._sink, index=False, header=self._header)
         self._header = False
 
     def close(self) -> None:
         self._sink.flush()
+
+
+def _is_array(value: Any) -> bool:
+    return isinstance(value, (list, tuple, np.ndarray))
 
 
 class _JsonWriter:
@@ -156,17 +178,6 @@ class _JsonWriter:
     def close(self) -> None:
         self._sink.write("]}\n")
         self._sink.flush()
-
-
-def _as_frame(predictions: Any) -> pd.DataFrame:
-    if isinstance(predictions, pd.DataFrame):
-        return predictions
-    if isinstance(predictions, pd.Series):
-        return predictions.to_frame(name=predictions.name or "prediction")
-    values = jsonable(predictions)
-    if isinstance(values, list) and values and isinstance(values[0], dict):
-        return pd.DataFrame(values)
-    return pd.DataFrame({"prediction": list(values) if isinstance(values, list) else [values]})
 
 
 class _Progress:

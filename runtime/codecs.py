@@ -475,6 +475,40 @@ def _parse_iso8601(column: pd.Series) -> pd.Series:
     return pd.to_datetime(column, utc=True, format="mixed")
 
 
+def prediction_frame(predictions: Any, rows: int | None = None) -> pd.DataFrame:
+    """Predictions as columns, one row per input row, as a user loads them back into pandas: a
+    frame's own columns, a dict's keys, records' fields, `prediction` for one value per row,
+    `prediction_0`, `prediction_1`... for several (predict_proba's). `rows`, when given, is
+    the number of input rows, checked."""
+    if isinstance(predictions, pd.DataFrame):
+        frame = predictions.reset_index(drop=True)
+    elif isinstance(predictions, pd.Series):
+        frame = pd.DataFrame({"prediction": predictions.reset_index(drop=True)})
+    elif isinstance(predictions, dict):
+        frame = pd.DataFrame({str(key): list(value) for key, value in predictions.items()})
+    elif isinstance(predictions, list) and predictions and isinstance(predictions[0], dict):
+        frame = pd.DataFrame(predictions)
+    else:
+        frame = _array_frame(predictions)
+    if rows is not None and len(frame) != rows:
+        raise ValueError(f"the model returned {len(frame)} predictions for {rows} rows")
+    return frame
+
+
+def _array_frame(predictions: Any) -> pd.DataFrame:
+    try:
+        array = np.asarray(predictions)
+    except ValueError:  # rows of different lengths: a list per row
+        return pd.DataFrame({"prediction": list(predictions)})
+    if array.ndim == 0:
+        return pd.DataFrame({"prediction": [array.item()]})
+    if array.ndim == 1:
+        return pd.DataFrame({"prediction": array})  # as it is: a list of it took half the job
+    if array.ndim == 2:
+        return pd.DataFrame(array, columns=[f"prediction_{i}" for i in range(array.shape[1])])
+    return pd.DataFrame({"prediction": list(array)})  # an array per row
+
+
 def encode_predictions(predictions: Any, unwrapped: bool = False) -> bytes:
     """MLflow's response: {"predictions": ...} (frames as records), or the bare value."""
     value = jsonable(predictions)

@@ -16,10 +16,9 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from mlimg_runtime.codecs import csv_dtypes, prepare_frame
+from mlimg_runtime.codecs import csv_dtypes, prediction_frame, prepare_frame
 from mlimg_runtime.errors import BadRequest, ScoringError
 from mlimg_runtime.model import Signature, load_model, predict
 
@@ -57,36 +56,6 @@ def _resolve(path: str) -> str:
         name = path.split(":", 1)[1]
         return os.path.join(SparkFiles.getRootDirectory(), name)
     return path
-
-
-def prediction_frame(predictions: Any, rows: int) -> pd.DataFrame:
-    """Predictions as columns, one row per input row: a frame's own columns, a dict's keys,
-    `prediction` for one value per row, `prediction_0`, `prediction_1`... for several."""
-    if isinstance(predictions, pd.DataFrame):
-        frame = predictions.reset_index(drop=True)
-    elif isinstance(predictions, pd.Series):
-        frame = pd.DataFrame({"prediction": predictions.reset_index(drop=True)})
-    elif isinstance(predictions, dict):
-        frame = pd.DataFrame({str(key): list(value) for key, value in predictions.items()})
-    else:
-        frame = _array_frame(predictions)
-    if len(frame) != rows:
-        raise ValueError(f"the model returned {len(frame)} predictions for {rows} rows")
-    return frame
-
-
-def _array_frame(predictions: Any) -> pd.DataFrame:
-    try:
-        array = np.asarray(predictions)
-    except ValueError:  # rows of different lengths: a list per row
-        return pd.DataFrame({"prediction": list(predictions)})
-    if array.ndim == 0:
-        return pd.DataFrame({"prediction": [array.item()]})
-    if array.ndim == 1:
-        return pd.DataFrame({"prediction": array})  # as it is: a list of it took half the job
-    if array.ndim == 2:
-        return pd.DataFrame(array, columns=[f"prediction_{i}" for i in range(array.shape[1])])
-    return pd.DataFrame({"prediction": list(array)})  # an array per row
 
 
 def predict_batches(

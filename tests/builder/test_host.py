@@ -479,3 +479,50 @@ def test_serve_has_the_images_environment_rules(sklearn_model: Path, tmp_path: P
             assert "--full-mlflow" in answer["message"]
         else:
             assert len(answer["predictions"]) == 5
+
+
+def test_predict_to_stdout_writes_nothing_when_a_later_chunk_fails(
+    sklearn_model: Path, tmp_path: Path
+) -> None:
+    """Not a '{"predictions": [' cut short: the answer whole, or nothing and exit 1."""
+    source = tmp_path / "in.csv"
+    frame = iris(20).astype(object)
+    frame.iloc[15, 3] = "abc"  # read with the third chunk of five rows
+    frame.to_csv(source, index=False)
+    for output in ((), ("--chunk-rows", "5")):
+        code, out, err = run_predict(
+            "-m", str(sklearn_model), "-i", str(source), "--env-manager", "local", *output,
+            cache=tmp_path,
+        )  # fmt: skip
+        assert code == 1 and "mlimg: error: the CSV input could not be read" in err, err
+        assert out == b""
+
+
+def test_predict_writes_a_column_per_output_of_a_two_dimensional_prediction(
+    tmp_path: Path,
+) -> None:
+    """predict_proba's rows as prediction_0..2, loaded back into pandas as numbers."""
+    import mlflow.sklearn
+    from sklearn.linear_model import LogisticRegression
+
+    features = iris(150)
+    target = [i % 3 for i in range(150)]
+    fitted = LogisticRegression(max_iter=500).fit(features, target)
+    model = tmp_path / "proba"
+    mlflow.sklearn.save_model(
+        fitted, model, serialization_format="skops", pyfunc_predict_fn="predict_proba"
+    )
+    source, target_csv = tmp_path / "in.csv", tmp_path / "out.csv"
+    features.head(7).to_csv(source, index=False)
+    code, _, err = run_predict(
+        "-m", str(model), "-i", str(source), "-o", str(target_csv), "--env-manager", "local",
+        cache=tmp_path,
+    )  # fmt: skip
+    assert code == 0, err
+    written = pd.read_csv(target_csv)
+    assert list(written.columns) == ["prediction_0", "prediction_1", "prediction_2"]
+    pd.testing.assert_frame_equal(
+        written,
+        pd.DataFrame(fitted.predict_proba(features.head(7)), columns=written.columns),
+        check_exact=False,
+    )
