@@ -190,7 +190,7 @@ def image_labels(
     engine: str = DEFAULT_ENGINE,
 ) -> dict[str, str]:
     labels = {
-        "org.opencontainers.image.title": model.name,
+        "org.opencontainers.image.title": model.display_name,
         "org.opencontainers.image.description": f"MLflow model {model.uri} served by mlimg",
         "org.opencontainers.image.base.name": base_image,
         "mlimg.version": mlimg.__version__,

@@ -36,7 +36,10 @@ class ResolvedModel:
 
     uri: str
     path: Path
-    source: str | None = None  # the artifact location the URI resolved to, for remote models
+    # For a remote model, the artifact location that holds its files, as MLflow resolves the
+    # URI (the image label mlimg.model.source): a URI that reads the same files whatever an
+    # alias or a stage points at later. None for a local directory.
+    source: str | None = None
     run_id: str | None = None
     registered_name: str | None = None
     registered_version: str | None = None
@@ -101,7 +104,28 @@ def _download(uri: str, download_dir: Path) -> ResolvedModel:
     path = Path(local)
     if not path.is_dir() or not (path / "MLmodel").is_file():
         raise InvalidModel(f"{uri} names artifacts without an MLmodel file: not an MLflow model")
+    if origin.get("run_id") and uri.lower().startswith("runs:"):
+        try:
+            origin["source"] = _run_model_location(uri, path / "MLmodel")
+        except MlflowException as exc:
+            raise ModelNotFound(f"{uri}: {_mlflow_reason(exc)}") from None
     return ResolvedModel(uri=uri, path=path.resolve(), **origin)
+
+
+def _run_model_location(uri: str, mlmodel: Path) -> str:
+    """Where a runs:/ URI's files are in the artifact store: the logged model's location (an
+    MLflow 3 model names its logged model in MLmodel), else the run's artifact directory."""
+    import yaml
+    from mlflow import MlflowClient
+    from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
+
+    try:
+        model_id = (yaml.safe_load(mlmodel.read_text(encoding="utf-8")) or {}).get("model_id")
+    except (OSError, ValueError, yaml.YAMLError, AttributeError):
+        model_id = None
+    if model_id:
+        return MlflowClient().get_logged_model(str(model_id)).artifact_location
+    return RunsArtifactRepository.get_underlying_uri(uri)
 
 
 def _origin(uri: str) -> dict[str, Any]:
@@ -109,7 +133,7 @@ def _origin(uri: str) -> dict[str, Any]:
     scheme = uri.split(":", 1)[0].lower()
     if scheme == "runs":
         run_id = urlparse(uri).path.lstrip("/").split("/", 1)[0] or None
-        return {"run_id": run_id, "source": uri}
+        return {"run_id": run_id}  # its source is known once its MLmodel is read
     if scheme != "models":
         return {"source": uri}
     from mlflow import MlflowClient
@@ -131,7 +155,8 @@ def _origin(uri: str) -> dict[str, Any]:
         "registered_version": str(model_version.version),
         "run_id": model_version.run_id,
         "model_id": getattr(model_version, "model_id", None),
-        "source": model_version.source,
+        # The version's own source may be another URI (models:/m-ID in MLflow 3).
+        "source": client.get_model_version_download_uri(name, version),
     }
 
 

@@ -161,3 +161,40 @@ def test_object_store_uri(s3_bucket: str, example_model: Path, tmp_path: Path) -
 def test_missing_object_is_named(s3_bucket: str, tmp_path: Path) -> None:
     with pytest.raises((ModelNotFound, InvalidModel), match="s3://models/nothing"):
         load("s3://models/nothing", tmp_path)
+
+
+@pytest.mark.parametrize("form", ["runs", "version", "alias", "logged"])
+def test_labels_name_the_model_and_where_its_files_are_the_same_on_every_build(
+    registry, tmp_path: Path, form: str
+) -> None:
+    """Not the temporary download's name; mlimg.model.source is the artifact location that
+    holds the files, whatever the URI's kind, and it reads the same model."""
+    import mlflow.artifacts
+    import yaml
+
+    uri, title = {
+        "runs": (f"runs:/{registry.run_id}/model", "model"),
+        "version": (f"models:/{registry.name}/1", registry.name),
+        "alias": (f"models:/{registry.name}@champion", registry.name),
+        "logged": (f"models:/{registry.model_id}", registry.model_id),
+    }[form]
+    labels = []
+    for build in ("a", "b"):
+        result = generate(uri, tmp_path / build, registry.url, "--no-ca-cert")
+        assert result.returncode == 0, result.stderr
+        labels.append(label_lines(tmp_path / build / "Dockerfile"))
+    assert labels[0] == labels[1]
+    assert labels[0]["org.opencontainers.image.title"] == title
+    source = labels[0]["mlimg.model.source"]
+    assert source == registry.artifact_location  # MLflow 3 keeps a model's files by its id
+    copy = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp_path / "c"))
+    mlmodel = yaml.safe_load((Path(copy) / "MLmodel").read_text())
+    assert mlmodel["model_uuid"] == registry.uuid_v1
+
+
+def label_lines(dockerfile: Path) -> dict[str, str]:
+    """The LABEL instruction's keys and values, as the Dockerfile writes them."""
+    import re
+
+    text = dockerfile.read_text()
+    return dict(re.findall(r'([\w.-]+)="((?:[^"\\]|\\.)*)"', text.split("LABEL", 1)[1]))
