@@ -51,7 +51,10 @@ def smoke_test(
         ready = time.monotonic() - started
         report(f"/ping answered 200 after {ready:.1f}s")
         if example is None:
-            report("the model carries no input example: /invocations was not exercised")
+            report(
+                "the model carries no input example, so only /ping was checked: log it with "
+                "input_example= to have /invocations checked too"
+            )
             return SmokeReport(ready, None)
         predictions = _invoke(base_url, example)
         report(f"/invocations answered 200 with predictions: {_preview(predictions)}")

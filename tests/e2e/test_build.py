@@ -307,3 +307,30 @@ def test_a_module_missing_from_the_requirements_is_named_with_its_traceback(
     assert "import skops.io" in log
     assert "GET /ping" not in log
     assert not docker_client.images.list(name="mlimg-test/no-skops")
+
+
+def test_a_model_without_an_example_is_checked_on_ping_and_says_so(
+    docker_client, sklearn_model: Path, tmp_path: Path, ca_cert: Path
+) -> None:
+    """The README's promise: /invocations is checked only with the model's own example."""
+    import shutil
+
+    import yaml
+
+    model = tmp_path / "no-example"
+    shutil.copytree(sklearn_model, model)
+    for name in ("input_example.json", "serving_input_example.json"):
+        (model / name).unlink()
+    mlmodel = yaml.safe_load((model / "MLmodel").read_text())
+    del mlmodel["saved_input_example_info"]
+    (model / "MLmodel").write_text(yaml.safe_dump(mlmodel))
+    tag = "mlimg-test/no-example:e2e"
+    result = build(model, tag, ca_cert)
+    assert result.returncode == 0, result.stderr
+    assert "/ping answered 200" in result.stderr
+    assert (
+        "the model carries no input example, so only /ping was checked: log it with "
+        "input_example= to have /invocations checked too" in result.stderr
+    )
+    assert "/invocations answered" not in result.stderr
+    remove_tag(docker_client, tag)
