@@ -1,7 +1,10 @@
-"""Asking a running server whether it is ready, for every test that starts one."""
+"""Asking a running server whether it is ready, and for predictions, for every test that
+starts one."""
 
 from __future__ import annotations
 
+import json
+import urllib.error
 import urllib.request
 
 
@@ -12,3 +15,15 @@ def answers_ping(base_url: str) -> bool:
             return response.status == 200
     except OSError:
         return False
+
+
+def post(base_url: str, body: bytes, content_type: str, timeout: float = 30) -> tuple[int, object]:
+    """POST /invocations; the status and the decoded JSON answer, errors included."""
+    request = urllib.request.Request(
+        f"{base_url}/invocations", data=body, headers={"Content-Type": content_type}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pytest
 from filelock import FileLock
 
 from tests.models import PYFUNC_MLMODEL, write_fake_model
-from tests.probes import answers_ping
+from tests.probes import answers_ping, post
 from tests.tracking import free_port
 
 
@@ -443,19 +442,6 @@ def test_a_damaged_cached_environment_is_made_again(registry, cache_dir: Path) -
     assert module.is_file()
 
 
-def post_parquet(url: str, frame: pd.DataFrame) -> tuple[int, dict]:
-    request = urllib.request.Request(
-        f"{url}/invocations",
-        data=frame.to_parquet(),
-        headers={"Content-Type": "application/vnd.apache.parquet"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
 def test_serve_has_the_images_environment_rules(sklearn_model: Path, tmp_path: Path) -> None:
     """The image installs mlflow-skinny, without pyarrow: Parquet is 415 there, and so here;
     --full-mlflow gives both the full mlflow the model pins, and pyarrow with it."""
@@ -466,7 +452,7 @@ def test_serve_has_the_images_environment_rules(sklearn_model: Path, tmp_path: P
         process = start_serve(str(sklearn_model), port, tmp_path, None, *extra)
         try:
             wait_ready(url, process)
-            code, answer = post_parquet(url, iris(5))
+            code, answer = post(url, iris(5).to_parquet(), "application/vnd.apache.parquet")
             process.send_signal(signal.SIGTERM)
             output, _ = process.communicate(timeout=30)
         finally:

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +15,7 @@ import pytest
 
 from mlimg import daemon
 from mlimg.errors import EngineUnavailable
-from tests.probes import answers_ping
+from tests.probes import answers_ping, post  # noqa: F401 - post for the e2e tests
 
 BUILD_TIMEOUT = 1200
 IRIS_TAG = "mlimg-test/iris:e2e"
@@ -86,18 +83,6 @@ def serving(client, image: str, timeout: float = 120.0, **run_options) -> Iterat
         yield f"http://127.0.0.1:{port}"
     finally:
         container.remove(force=True)
-
-
-def post(base_url: str, body: bytes, content_type: str, timeout: float = 30) -> tuple[int, object]:
-    """POST /invocations; the status and the decoded JSON answer, errors included."""
-    request = urllib.request.Request(
-        f"{base_url}/invocations", data=body, headers={"Content-Type": content_type}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 def remove_tag(client, tag: str) -> None:
