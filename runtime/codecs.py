@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlimg_runtime.contract import FORMAT_KEYS, STREAM_KEY, answered_unwrapped
 from mlimg_runtime.errors import BadRequest, ScoringError, UnsupportedMediaType
 from mlimg_runtime.model import NO_SIGNATURE, Signature
 
@@ -33,8 +35,6 @@ JSON = "application/json"
 CSV_TYPES = ("text/csv", "application/csv")
 PARQUET = "application/vnd.apache.parquet"
 MEDIA_TYPES = (JSON, *CSV_TYPES, PARQUET)
-FORMAT_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
-LLM_KEYS = ("messages", "prompt", "input")  # raw OpenAI-style chat, completions, embeddings
 _PREFIX = 80  # how much of a payload an error message may quote
 
 
@@ -43,6 +43,7 @@ class ModelInput:
     data: Any
     params: dict[str, Any] = field(default_factory=dict)
     unwrapped: bool = False  # a raw LLM payload: the answer is not wrapped in "predictions"
+    stream: bool = False  # `"stream": true`: answered chunk by chunk (predict_stream)
 
 
 # JSON's scalar types that pandas reads into one dtype per column whatever the other rows are.
@@ -283,9 +284,21 @@ def decode_json(body: bytes, signature: Signature = NO_SIGNATURE, rows: bool = F
         return ModelInput(prepare_frame(_records_frame(payload, "the top-level list"), signature))
     if not isinstance(payload, dict):
         raise BadRequest(f"expected a JSON object or a list of records, got {_prefix(body)}")
+    return decode_payload(payload, signature, rows)
+
+
+def decode_payload(
+    payload: dict[str, Any], signature: Signature = NO_SIGNATURE, rows: bool = False
+) -> ModelInput:
+    """A JSON object body as model input; `stream` is taken out of it first."""
+    stream = payload.pop(STREAM_KEY, False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise BadRequest(f"'{STREAM_KEY}' must be true or false, not {json.dumps(stream)[:40]}")
+    if answered_unwrapped(payload):
+        return _llm_input(payload, signature, stream)
     keys = [key for key in FORMAT_KEYS if key in payload]
-    if not keys and any(key in payload for key in LLM_KEYS):
-        return _llm_input(payload, signature)
     if len(keys) != 1:
         found = f"found {', '.join(keys)}" if keys else f"found keys {sorted(payload)[:10]}"
         raise BadRequest(
@@ -302,21 +315,25 @@ def decode_json(body: bytes, signature: Signature = NO_SIGNATURE, rows: bool = F
     if not isinstance(params, dict):
         raise BadRequest("'params' must be a JSON object")
     value = payload[key]
-    if key == "dataframe_split":
-        plain = _plain_rows(value, signature) if rows and not params else None
+    if stream and key in ("instances", "inputs"):
+        # predict_stream takes one input as it is (a string, a dict...); mlflow checks it
+        # against the signature, as it does on the host.
+        data = value
+    elif key == "dataframe_split":
+        plain = _plain_rows(value, signature) if rows and not params and not stream else None
         data = plain or prepare_frame(_split_frame(value), signature)
     elif key == "dataframe_records":
         data = prepare_frame(_records_frame(value, "'dataframe_records'"), signature)
     else:
         data = _tensor_input(key, value, signature)
-    return ModelInput(data, params)
+    return ModelInput(data, params, stream=stream)
 
 
-def _llm_input(payload: dict[str, Any], signature: Signature) -> ModelInput:
+def _llm_input(payload: dict[str, Any], signature: Signature, stream: bool) -> ModelInput:
     """Raw chat/completions/embeddings: keys the param schema names are params, the rest data."""
     data = {k: v for k, v in payload.items() if k not in signature.param_names}
     params = {k: v for k, v in payload.items() if k in signature.param_names}
-    return ModelInput(data, params, unwrapped=True)
+    return ModelInput(data, params, unwrapped=True, stream=stream)
 
 
 def _split_frame(value: Any) -> pd.DataFrame:
@@ -552,6 +569,8 @@ def json_default(value: Any) -> Any:
         return jsonable(value)
     if hasattr(value, "model_dump"):  # pydantic models, as MLflow's encoder allows
         return value.model_dump()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)  # MLflow's chat types, as it serialises them
     raise TypeError(f"the model returned a {type(value).__name__}, which has no JSON form")
 
 

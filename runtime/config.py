@@ -27,6 +27,7 @@ class ServerConfig:
     threads: int = default("threads")
     timeout: int = default("timeout")
     read_timeout: int = default("read_timeout")
+    stream_timeout: int = default("stream_timeout")
     keepalive: int = default("keepalive")
     graceful_timeout: int = default("graceful_timeout")
     max_request_bytes: int = MAX_REQUEST_BYTES

@@ -43,12 +43,84 @@ ENDPOINTS = (
         "POST",
         "/invocations",
         '`{"predictions": ...}` (MLflow\'s shapes: frames as records, arrays as lists, bytes as '
-        'base64); errors as `{"error_code": ..., "message": ...}`',
+        "base64); a chat or agent payload answered unwrapped, as the model returns it; "
+        '`"stream": true` for a model with `predict_stream`: server-sent events, '
+        "`data: <chunk>` each, then `data: [DONE]`; errors as "
+        '`{"error_code": ..., "message": ...}`',
     ),
+    Endpoint(
+        "POST",
+        "/v1/chat/completions",
+        "OpenAI's chat completions, whole or streamed (`chat.completion.chunk` events): "
+        "ChatModel and ChatAgent models",
+    ),
+    Endpoint(
+        "POST",
+        "/v1/responses",
+        "OpenAI's Responses API, whole or streamed (its event types): ResponsesAgent models; "
+        "also at `/responses`, as MLflow's AgentServer routes it",
+    ),
+    Endpoint("GET", "/v1/models", "OpenAI's model list, naming the one model (`MLIMG_MODEL_NAME`)"),
 )
 HEALTH_PATH = "/ping"  # ready: 200 once the model is loaded, 503 while it loads
 # alive: 200 from the moment the port answers, while the model loads too (a liveness probe)
 LIVENESS_PATH = "/version"
+# The top-level keys of a JSON body for /invocations: MLflow's input forms, and the raw
+# OpenAI-style payloads (chat, completions, embeddings, agents) that are answered unwrapped.
+FORMAT_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+LLM_KEYS = ("messages", "prompt", "input")
+STREAM_KEY = "stream"  # `"stream": true` in a JSON body asks for server-sent events
+STREAM_END = "[DONE]"  # the last event of a stream that ended well
+
+
+def answered_unwrapped(payload: object) -> bool:
+    """Whether /invocations answers `payload` as the model returns it (a raw chat or agent
+    payload) rather than inside `{"predictions": ...}`."""
+    return (
+        isinstance(payload, dict)
+        and not any(key in payload for key in FORMAT_KEYS)
+        and any(key in payload for key in LLM_KEYS)
+    )
+
+
+CHAT_COMPLETIONS = "/v1/chat/completions"
+RESPONSES = "/v1/responses"
+MODELS = "/v1/models"
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """What kind of model MLflow says a model is (MLmodel's `metadata.task`, which MLflow
+    writes for its chat and agent interfaces), and what that kind answers."""
+
+    name: str
+    task: str | None
+    answer_key: str | None  # the key every whole answer of this kind holds (None: any JSON)
+    routes: tuple[str, ...]  # the OpenAI-compatible routes it answers, beside /invocations
+
+
+MODEL_KINDS = (
+    ModelKind("ChatModel", "agent/v1/chat", "choices", (CHAT_COMPLETIONS,)),
+    ModelKind("ChatAgent", "agent/v2/chat", "messages", (CHAT_COMPLETIONS,)),
+    ModelKind("ResponsesAgent", "agent/v1/responses", "output", (RESPONSES, "/responses")),
+)
+PYFUNC_KIND = ModelKind("pyfunc model", None, None, ())
+OPENAI_ROUTES = tuple(dict.fromkeys(route for kind in MODEL_KINDS for route in kind.routes))
+
+
+def model_kind(metadata: object) -> ModelKind:
+    """The kind of a model whose MLmodel `metadata` mapping is this (None: none)."""
+    task = metadata.get("task") if isinstance(metadata, dict) else None
+    return next((kind for kind in MODEL_KINDS if kind.task == task), PYFUNC_KIND)
+
+
+def streams(flavors: object) -> bool:
+    """Whether a model with these MLmodel flavors has `predict_stream`: its pyfunc flavor says
+    `streamable`, which mlflow.pyfunc reads to expose the method."""
+    pyfunc = flavors.get("python_function") if isinstance(flavors, dict) else None
+    return bool(isinstance(pyfunc, dict) and pyfunc.get("streamable"))
+
+
 # Where the server writes temporary files when it may (an orchestrator's scratch volume);
 # on a read-only root filesystem without one it falls back to /dev/shm.
 SCRATCH_PATH = "/tmp"
@@ -143,6 +215,16 @@ SETTINGS = (
         mlserver="`/invocations` only",
     ),
     Setting(
+        "MLIMG_STREAM_TIMEOUT",
+        "stream_timeout",
+        "int",
+        60,
+        "seconds a stream may wait, once its first chunk is out, for the model's next chunk or "
+        "for a client to read what was sent; then the stream ends (with an error event if the "
+        "model was the slow one). `MLIMG_TIMEOUT` bounds the wait for the first chunk",
+        mlserver="no (the MLServer engine does not stream)",
+    ),
+    Setting(
         "MLIMG_READ_TIMEOUT",
         "read_timeout",
         "int",
@@ -221,7 +303,8 @@ SETTINGS = (
         "model_name",
         "text",
         "model",
-        "the model's name in the V2 protocol's paths (`/v2/models/NAME/infer`; MLServer engine)",
+        "the model's name in `GET /v1/models` and in the V2 protocol's paths "
+        "(`/v2/models/NAME/infer`; MLServer engine)",
         mlserver="yes",
     ),
 )

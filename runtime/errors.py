@@ -10,6 +10,7 @@ ERROR_CODES = {
     413: "BAD_REQUEST",
     415: "BAD_REQUEST",
     500: "INTERNAL_ERROR",
+    501: "NOT_IMPLEMENTED",
     503: "TEMPORARILY_UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
 }
@@ -35,6 +36,10 @@ class BadRequest(ScoringError):
     status = 400
 
 
+class NotFound(ScoringError):
+    status = 404
+
+
 class UnsupportedMediaType(ScoringError):
     status = 415
 
@@ -53,3 +58,9 @@ class ModelLoading(ScoringError):
 
 class RequestTimeout(ScoringError):
     status = 504
+
+
+class NotImplementedHere(ScoringError):
+    """What this server does not do (a stream from the MLServer engine)."""
+
+    status = 501

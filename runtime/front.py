@@ -10,9 +10,17 @@ front end gives itself (a malformed request, a body over the limit, a transfer c
 not decode, a client too slow) is in the scoring protocol's JSON error shape, and a request
 that the application has not answered by its deadline plus a second is answered 504 here.
 
-The application behind it is plain WSGI: /invocations runs in the thread pool; /ping,
-/health, /version and unknown paths are answered in the loop itself, so that health checks
-stay answered while every thread predicts.
+The application behind it is plain WSGI: every POST (/invocations, OpenAI's routes) runs in
+the thread pool; /ping, /health, /version and other GETs are answered in the loop itself, so
+that health checks stay answered while every thread predicts.
+
+An answer without Content-Length whose body is not a list is streamed (chunked, the WSGI
+convention): its head at once, then each chunk of its body as the application gives it, every
+`next()` of the body in the thread pool, so that a stream holds a thread only while its next
+chunk is computed. A client that does not read gets back-pressure: the body is not advanced
+while the connection's unsent output is over `_STREAM_BUFFER`, so a stream's memory stays
+bounded; a client that leaves (or has not read for `stream_timeout`) ends the stream, and the
+body is closed (a generator's `finally` runs) once no `next()` of it is running.
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ from typing import Any
 
 import httptools
 
+from mlimg_runtime.contract import default
+
 log = logging.getLogger("mlimg_runtime")
 
 _STATUS_LINES = {
@@ -39,6 +49,8 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LINGER_SECONDS = 2.0  # how long the rest of a refused request is read and dropped
 _LATE_GRACE = 1.0  # past the deadline, the front end answers 504 if the application has not
 _DRAIN_SECONDS = 1.0  # how long a stopping worker keeps an idle connection open
+# Unsent output a stream may have before its body waits for the client to read some of it.
+_STREAM_BUFFER = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -52,6 +64,8 @@ class Limits:
     max_header_bytes: int = 64 * 1024  # request line and headers together: 431 beyond
     max_url_bytes: int = 8 * 1024  # 414 beyond
     max_connections: int = 4096  # per worker; beyond, the oldest connection not answered yet goes
+    # seconds a stream waits for its body's next chunk, or for the client to read (the setting)
+    stream_timeout: float = float(default("stream_timeout"))  # type: ignore[arg-type]
 
 
 class Rejected(Exception):
@@ -90,6 +104,7 @@ class Front:
         # answer; other large uploads pause until then. Small requests never wait.
         self.large: Connection | None = None
         self.waiting: dict[Connection, None] = {}  # paused for the large body's turn
+        self.streams: set[asyncio.Task] = set()  # streamed answers under way
 
     def protocol(self) -> Connection:
         return Connection(self)
@@ -173,6 +188,9 @@ class Connection(asyncio.Protocol):
         self.busy = False  # a request is with the application
         self.lingering = False  # refused: what still comes is read and dropped
         self.timer: asyncio.TimerHandle | None = None
+        self.streaming = False  # a streamed answer is under way
+        self.write_paused = False  # the transport's unsent output is over its limit
+        self.writable: asyncio.Event | None = None  # for a stream: set when it is not
 
     # asyncio's side
 
@@ -188,12 +206,28 @@ class Connection(asyncio.Protocol):
         self._cancel_timer()
         self.front.closed(self)
         self.transport = None
+        if self.writable is not None:
+            self.writable.set()  # a stream waiting for the client to read learns it has gone
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.writable is not None:
+            self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.writable is not None:
+            self.writable.set()
 
     def data_received(self, data: bytes) -> None:
         if self.lingering or self.transport is None:
             return
         if not self.in_body:  # llhttp holds a header being read: count it before it is whole
             self.header_bytes += len(data)
+        if self.streaming and self.transport is not None:
+            # Reading stays on during a stream only to see the client leave: a request sent
+            # meanwhile is read and held, and the rest waits in the kernel.
+            self.transport.pause_reading()
         try:
             self.parser.feed_data(data)
             if not self.in_body and self.header_bytes > self.limits.max_header_bytes:
@@ -219,6 +253,8 @@ class Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.eof = True
+        if self.streaming:  # a client that stops sending mid-stream has gone: the stream ends
+            return False
         if self.incoming is not None:  # the client stopped sending in the middle of a request
             self.refuse(400, "the request ended before its body was complete (Content-Length)")
             return True  # the connection stays open for that answer
@@ -310,7 +346,7 @@ class Connection(asyncio.Protocol):
         self.busy = True
         if self.transport is not None:
             self.transport.pause_reading()  # one request at a time; the rest waits in the kernel
-        if environ["PATH_INFO"] == "/invocations" and environ["REQUEST_METHOD"] == "POST":
+        if environ["REQUEST_METHOD"] == "POST":
             future = self.front.loop.run_in_executor(
                 self.front.pool, call_wsgi, self.front.app, environ
             )
@@ -346,20 +382,119 @@ class Connection(asyncio.Protocol):
         environ: dict[str, Any],
         status: int,
         headers: list[tuple[str, str]],
-        body: bytes,
+        body: Any,
         keep_alive: bool,
     ) -> None:
         environ["mlimg.answered"] = True
         self.front.release_large(self)
+        if not isinstance(body, bytes):  # no Content-Length: streamed
+            self.streaming = True
+            task = self.front.loop.create_task(
+                self._stream(environ, status, headers, body, keep_alive)
+            )
+            self.front.streams.add(task)
+            task.add_done_callback(self.front.streams.discard)
+            return
         transport = self.transport
-        self.busy = False
         keep_alive = keep_alive and not self.front.stopping and not self.eof
         if transport is not None:
             transport.write(_head(status, headers, len(body), keep_alive) + body)
+        self._answered_all(environ, status, len(body), keep_alive)
+
+    async def _stream(
+        self,
+        environ: dict[str, Any],
+        status: int,
+        headers: list[tuple[str, str]],
+        body: Any,
+        keep_alive: bool,
+    ) -> None:
+        """Send a streamed answer: its head, then each chunk of `body` as it comes."""
+        loop, pool, limits = self.front.loop, self.front.pool, self.limits
+        chunked = environ.get("SERVER_PROTOCOL") == "HTTP/1.1"  # else ended by closing
+        keep_alive = keep_alive and chunked and not self.front.stopping and not self.eof
+        self.writable = asyncio.Event()
+        if not self.write_paused:
+            self.writable.set()
+        sent = 0
+        complete = True  # the answer ends as HTTP says (not cut by a client that left or stalled)
+        pending: asyncio.Future | None = None  # a next() of the body that is running
+        chunks = iter(body)
+        try:
+            if self.transport is None:
+                return
+            self.transport.set_write_buffer_limits(high=_STREAM_BUFFER)
+            self.transport.write(_stream_head(status, headers, chunked, keep_alive))
+            self.transport.resume_reading()  # to see the client leave
+            while self.transport is not None:
+                if not self.writable.is_set():
+                    try:
+                        await asyncio.wait_for(self.writable.wait(), limits.stream_timeout)
+                    except asyncio.TimeoutError:
+                        log.info(
+                            "a client read nothing of its stream for %gs; it is closed",
+                            limits.stream_timeout,
+                        )
+                        keep_alive = complete = False
+                        break
+                    continue  # the client has read, or gone
+                pending = loop.run_in_executor(pool, next, chunks, None)
+                try:
+                    chunk = await asyncio.wait_for(asyncio.shield(pending), limits.stream_timeout)
+                except asyncio.TimeoutError:  # the application is stuck on its next chunk
+                    timed_out = getattr(body, "timed_out", None)
+                    chunk = timed_out(limits.stream_timeout) if timed_out else b""
+                    self._send(chunk, chunked)
+                    sent += len(chunk)
+                    keep_alive = False
+                    break
+                pending = None
+                if chunk is None:  # the body's end
+                    break
+                self._send(chunk, chunked)
+                sent += len(chunk)
+        except Exception as exc:
+            log.error("the front end failed on a stream: %r", exc)
+            keep_alive = complete = False
+        finally:
+            self._close_body(body, pending)
+        if self.transport is not None and chunked and complete:
+            self.transport.write(b"0\r\n\r\n")
+        self.streaming = False
+        self.writable = None
+        if self.transport is not None:
+            self.transport.set_write_buffer_limits()
+        self._answered_all(environ, status, sent, keep_alive)
+
+    def _send(self, chunk: bytes, chunked: bool) -> None:
+        if self.transport is None or not chunk:
+            return
+        if chunked:
+            self.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        else:
+            self.transport.write(chunk)
+
+    def _close_body(self, body: Any, pending: asyncio.Future | None) -> None:
+        """Close a streamed body in the thread pool, once no next() of it runs."""
+        close = getattr(body, "close", None)
+        if close is None:
+            return
+        if pending is not None and not pending.done():
+            pending.add_done_callback(lambda _: self._close_body(body, None))
+            return
+        try:
+            self.front.loop.run_in_executor(self.front.pool, close)
+        except RuntimeError:  # the pool has stopped (the worker is leaving): close it here
+            close()
+
+    def _answered_all(self, environ: dict[str, Any], status: int, size: int, keep_alive: bool):
+        """After an answer: its access line, then the connection's next request, or close."""
+        self.busy = False
+        transport = self.transport
+        keep_alive = keep_alive and not self.front.stopping and not self.eof
         if self.front.access_log is not None:
-            self.front.access_log(
-                environ, status, len(body), time.monotonic() - environ["mlimg.arrived"]
-            )
+            seconds = time.monotonic() - environ["mlimg.arrived"]
+            self.front.access_log(environ, status, size, seconds)
         if transport is None:
             return
         if keep_alive and self.ready:
@@ -480,8 +615,9 @@ class Connection(asyncio.Protocol):
         return environ
 
 
-def call_wsgi(app: Callable[..., Any], environ: dict[str, Any]) -> tuple[int, list, bytes]:
-    """Run a WSGI application to its whole answer: (status, headers, body)."""
+def call_wsgi(app: Callable[..., Any], environ: dict[str, Any]) -> tuple[int, list, Any]:
+    """Run a WSGI application to its answer: (status, headers, body), the body whole (bytes),
+    or, for a streamed answer (`_streamed`), the application's iterable itself."""
     answer: list[Any] = []
 
     def start_response(status: str, headers: list, exc_info: Any = None) -> Callable:
@@ -490,6 +626,8 @@ def call_wsgi(app: Callable[..., Any], environ: dict[str, Any]) -> tuple[int, li
 
     try:
         chunks = app(environ, start_response)
+        if _streamed(answer, chunks):
+            return answer[0], answer[1], chunks  # pulled chunk by chunk
         try:
             body = b"".join(chunks)
         finally:
@@ -502,6 +640,14 @@ def call_wsgi(app: Callable[..., Any], environ: dict[str, Any]) -> tuple[int, li
     return status, headers, body
 
 
+def _streamed(answer: list[Any], chunks: Any) -> bool:
+    """Whether an answer is streamed: its length is not said, and its body is not a list
+    (which is whole already)."""
+    if not answer or isinstance(chunks, (list, tuple)):
+        return False
+    return not any(name.lower() == "content-length" for name, _ in answer[1])
+
+
 def error_answer(status: int, message: str) -> tuple[int, list[tuple[str, str]], bytes]:
     from mlimg_runtime.errors import error_code
 
@@ -510,13 +656,28 @@ def error_answer(status: int, message: str) -> tuple[int, list[tuple[str, str]],
 
 
 def _head(status: int, headers: list[tuple[str, str]], length: int, keep_alive: bool) -> bytes:
+    lines = _head_lines(status, headers)
+    lines.append(f"Content-Length: {length}\r\n".encode())
+    lines.append(b"\r\n" if keep_alive else b"Connection: close\r\n\r\n")
+    return b"".join(lines)
+
+
+def _stream_head(
+    status: int, headers: list[tuple[str, str]], chunked: bool, keep_alive: bool
+) -> bytes:
+    lines = _head_lines(status, headers)
+    if chunked:
+        lines.append(b"Transfer-Encoding: chunked\r\n")
+    lines.append(b"\r\n" if keep_alive else b"Connection: close\r\n\r\n")
+    return b"".join(lines)
+
+
+def _head_lines(status: int, headers: list[tuple[str, str]]) -> list[bytes]:
     lines = [_STATUS_LINES.get(status) or f"HTTP/1.1 {status} Error\r\n".encode()]
     for name, value in headers:
         if name.lower() not in ("content-length", "connection", "transfer-encoding"):
             lines.append(f"{name}: {value}\r\n".encode("latin-1"))
-    lines.append(f"Content-Length: {length}\r\n".encode())
-    lines.append(b"\r\n" if keep_alive else b"Connection: close\r\n\r\n")
-    return b"".join(lines)
+    return lines
 
 
 class _LogStream:

@@ -16,6 +16,9 @@ workers and adaptive batching of V2 requests. mlimg keeps its contract on top of
   model: the main process reads the body under its limit and hands it over.
 - V2 inference uses mlserver-mlflow's codecs and metadata, with mlimg's error sorting: input
   the model refuses with ValueError or TypeError is 400, anything else 500.
+- It does not stream: `"stream": true` on `/invocations`, and OpenAI's routes (`/v1/...`),
+  are answered 501 with what to build instead (MLServer's dispatcher hands a worker's answer
+  back whole, so a stream could not reach the client chunk by chunk).
 """
 
 from __future__ import annotations
@@ -47,6 +50,10 @@ METRICS_PORT = contract.MLSERVER_METRICS_PORT
 _METHODS = {"/ping": "GET", "/health": "GET", "/version": "GET", "/invocations": "POST"}
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _NOT_FOUND = "no such endpoint: use /invocations, /ping, /health, /version or the V2 protocol"
+_NO_OPENAI = (
+    "{} is not served by the MLServer engine, which does not stream nor answer OpenAI's "
+    "routes: build the image with --engine mlimg (the default) for them"
+)
 
 
 def mlserver_settings(config: ServerConfig, work_dir: str) -> dict[str, Any]:
@@ -117,7 +124,7 @@ def _model_class() -> Any:
             self._config = ServerConfig.from_env()
             served = ServedModel()
             served.set(model, mlflow_version)
-            self._scorer = Scorer(served, self._config)
+            self._scorer = Scorer(served, self._config, streams=False)
             self._threads = concurrent.futures.ThreadPoolExecutor(
                 max_workers=self._config.threads, thread_name_prefix="invocations"
             )
@@ -205,6 +212,9 @@ class ContractRoutes:
         # First in the list, so that they answer before MLServer's routes of the same paths.
         app.router.routes[0:0] = [
             Route(path, self.answer, methods=_ALL_METHODS) for path in _METHODS
+        ] + [
+            Route(path, self.not_served, methods=_ALL_METHODS)
+            for path in (contract.MODELS, *contract.OPENAI_ROUTES)
         ]
         app.exception_handlers[HTTPException] = self.http_error
         app.add_middleware(BodyLimit, config=self.config)
@@ -237,6 +247,9 @@ class ContractRoutes:
             log.exception("the inference worker failed while answering /invocations")
             return self._error(500, "internal error: the inference worker failed")
         return Response(answer, status_code=status, media_type=JSON)
+
+    async def not_served(self, request: Any) -> Any:
+        return self._error(501, _NO_OPENAI.format(request.url.path))
 
     async def http_error(self, request: Any, exc: Any) -> Any:
         """Starlette's own 404 and 405 (a path no route has), in the JSON error shape."""

@@ -9,10 +9,13 @@ module; it imports neither flask nor gunicorn.
 from __future__ import annotations
 
 import logging
+import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlimg_runtime.errors import BadRequest, PredictionFailed
+from mlimg_runtime.contract import PYFUNC_KIND, ModelKind, model_kind, streams
+from mlimg_runtime.errors import BadRequest, PredictionFailed, ScoringError
 
 log = logging.getLogger("mlimg_runtime")
 
@@ -22,7 +25,39 @@ def load_model(path: str) -> tuple[Any, str | None]:
     import mlflow
     import mlflow.pyfunc
 
+    _trace_only_where_told()
     return mlflow.pyfunc.load_model(path), getattr(mlflow, "__version__", None)
+
+
+# Where MLflow sends the traces a model records: a tracking server, or an OTLP collector.
+TRACE_DESTINATIONS = (
+    "MLFLOW_TRACKING_URI",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+)
+
+
+def _trace_only_where_told() -> None:
+    """Turn MLflow's tracing off unless the environment names where traces go.
+
+    Agents and chat models trace every prediction (ResponsesAgent's are traced whether their
+    author asked or not); with no tracking URI set, MLflow writes them to a SQLite database in
+    the working directory, which an image does not have (mlflow-skinny has no SQLAlchemy) and
+    a read-only root cannot hold.
+    """
+    if any(os.environ.get(name) for name in TRACE_DESTINATIONS):
+        return
+    try:
+        import mlflow.tracing
+    except ImportError:  # an mlflow from before tracing
+        return
+    disable = getattr(mlflow.tracing, "disable", None)
+    if disable is not None:
+        disable()
+        log.info(
+            "MLflow tracing is off: set MLFLOW_TRACKING_URI (and MLFLOW_EXPERIMENT_NAME or "
+            "MLFLOW_EXPERIMENT_ID) to send the model's traces to a tracking server"
+        )
 
 
 # Modules whose package is named otherwise, among those models most often import.
@@ -58,6 +93,7 @@ class Signature:
 
     input_schema: Any = None  # mlflow.types.Schema or None
     param_names: frozenset[str] = frozenset()
+    input_names: frozenset[str] = frozenset()  # of named inputs (a chat model's fields)
     column_types: dict[str, str] = field(default_factory=dict)  # named DataType columns
     tensor_dtype: Any = None  # numpy dtype of a single unnamed tensor input
 
@@ -80,10 +116,13 @@ class Signature:
                 if isinstance(kind, str):
                     column_types[spec.name] = kind
         names = frozenset(p.name for p in params.params) if params is not None else frozenset()
+        inputs = frozenset()
+        if schema is not None and schema.has_input_names():
+            inputs = frozenset(str(name) for name in schema.input_names())
         tensor_dtype = None
         if schema is not None and schema.is_tensor_spec() and len(schema.inputs) == 1:
             tensor_dtype = getattr(schema.inputs[0], "type", None)  # a numpy dtype
-        return cls(schema, names, column_types, tensor_dtype)
+        return cls(schema, names, inputs, column_types, tensor_dtype)
 
 
 NO_SIGNATURE = Signature()
@@ -106,12 +145,19 @@ class ServedModel:
         self.signature: Signature = NO_SIGNATURE
         self.mlflow_version: str | None = None
         self.row_wise = False  # each row's prediction depends on that row alone
+        self.kind: ModelKind = PYFUNC_KIND  # a chat model, an agent, or any other pyfunc
+        self.streams = False  # it has predict_stream
+        self.loaded_at = 0  # when it loaded, in seconds since the epoch
 
     def set(self, model: Any, mlflow_version: str | None) -> None:
         self.signature = Signature.of(model)
         self.mlflow_version = mlflow_version
         metadata = getattr(model, "metadata", None)
-        self.row_wise = row_wise(getattr(metadata, "flavors", None))
+        flavors = getattr(metadata, "flavors", None)
+        self.row_wise = row_wise(flavors)
+        self.kind = model_kind(getattr(metadata, "metadata", None))
+        self.streams = streams(flavors) and hasattr(model, "predict_stream")
+        self.loaded_at = int(time.time())
         self.model = model  # last: a request seeing the model sees its signature too
 
     @property
@@ -130,25 +176,40 @@ def predict(model: Any, data: Any, params: dict[str, Any], tracebacks: bool = Fa
 
     Each failure is one log line; with `tracebacks` (MLIMG_INCLUDE_TRACEBACK), its traceback.
     """
-    from mlflow.exceptions import MlflowException
-
     try:
         return model.predict(data, params=params or None)
-    except MlflowException as exc:
+    except Exception as exc:
+        raise sorted_failure(exc, tracebacks)  # noqa: B904 (its cause is set: see there)
+
+
+def sorted_failure(exc: Exception, tracebacks: bool = False) -> ScoringError:
+    """The error a prediction's (or a stream chunk's) exception is answered with: the
+    client's (400) for input the model refused, the model's (500) for the rest; logged once.
+    Its cause is `exc` (a 500's stack trace, with MLIMG_INCLUDE_TRACEBACK), except for
+    mlflow's refusals of the input, whose trace says nothing a client needs."""
+    from mlflow.exceptions import MlflowException
+
+    error: ScoringError
+    cause: Exception | None = exc
+    if isinstance(exc, MlflowException):
         # mlflow raises these for input or params that do not fit the model's signature.
         status = exc.get_http_status_code() if hasattr(exc, "get_http_status_code") else 400
         if status >= 500:
             log.error("the model failed: %s", _short(exc.message), exc_info=tracebacks)
-            raise PredictionFailed(_short(exc.message)) from exc
-        raise BadRequest(_short(exc.message)) from None
-    except CLIENT_ERRORS as exc:
+            error = PredictionFailed(_short(exc.message))
+        else:
+            error, cause = BadRequest(_short(exc.message)), None
+    elif isinstance(exc, CLIENT_ERRORS):
         message = f"the model refused the input: {type(exc).__name__}: {_short(str(exc))}"
         log.info("%s", message, exc_info=tracebacks)
-        raise BadRequest(message) from exc
-    except Exception as exc:
+        error = BadRequest(message)
+    else:
         message = f"the model raised {type(exc).__name__}: {_short(str(exc))}"
         log.error("%s", message, exc_info=tracebacks)
-        raise PredictionFailed(message) from exc
+        error = PredictionFailed(message)
+    error.__cause__ = cause
+    error.__suppress_context__ = True
+    return error
 
 
 def _short(text: str, limit: int = 500) -> str:

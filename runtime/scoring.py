@@ -1,8 +1,9 @@
-"""Answering /invocations, apart from any HTTP server: a body and its content type in, a
-status and a JSON body out.
+"""Answering /invocations and the OpenAI-compatible routes, apart from any HTTP server: a
+body and its content type in, a status and a JSON body (or a stream of events) out.
 
     body -> codecs.decode_request -> batching.Batcher (row-wise models) or model.predict
          -> codecs.encode_predictions
+    body with "stream": true -> model.predict_stream -> streaming.Stream (its first chunk here)
 
 under a deadline counted from the request's arrival, and a budget for what decoding may take.
 Every failure is answered as {"error_code", "message"} with its status; no stack trace unless
@@ -13,6 +14,7 @@ MLIMG_INCLUDE_TRACEBACK is set. mlimg's own server (`app`) and the MLServer engi
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
 import json
 import logging
 import threading
@@ -20,36 +22,48 @@ import time
 import traceback
 from typing import Any
 
+from mlimg_runtime import openai_compat
 from mlimg_runtime.batching import Batcher
 from mlimg_runtime.codecs import (
+    JSON,
     ModelInput,
     as_frame,
+    decode_payload,
     decode_request,
     decoded_size,
     encode_predictions,
+    parse_content_type,
 )
 from mlimg_runtime.config import ServerConfig
 from mlimg_runtime.errors import (
+    BadRequest,
     ModelLoading,
+    NotFound,
+    NotImplementedHere,
     PayloadTooLarge,
     PredictionFailed,
     RequestTimeout,
     ScoringError,
+    UnsupportedMediaType,
     error_code,
 )
 from mlimg_runtime.memory import MemoryGate
-from mlimg_runtime.model import ServedModel, predict
+from mlimg_runtime.model import ServedModel, predict, sorted_failure
+from mlimg_runtime.streaming import Stream, close_chunks, first_chunk
 
 log = logging.getLogger("mlimg_runtime")
 BODY_TOO_LARGE = "the request body is larger than the limit (MLIMG_MAX_REQUEST_BYTES)"
+INVOCATIONS = "/invocations"
 
 
 class Scorer:
-    """Decodes, predicts (batched for row-wise models) and encodes one /invocations request."""
+    """Decodes, predicts (batched for row-wise models) and encodes one request to
+    /invocations or an OpenAI-compatible route; streams it when asked and the model can."""
 
-    def __init__(self, served: ServedModel, config: ServerConfig) -> None:
+    def __init__(self, served: ServedModel, config: ServerConfig, streams: bool = True) -> None:
         self.served = served
         self.config = config
+        self.streams = streams  # whether the server streams (the MLServer engine does not)
         self.deadline = _Deadline(config.timeout, config.threads)
         self.memory = MemoryGate(config.max_decoded_bytes)
         self.batcher = Batcher(
@@ -59,24 +73,37 @@ class Scorer:
         )
 
     def answer(
-        self, content_type: str | None, body: bytes, arrived: float | None = None
-    ) -> tuple[int, bytes]:
-        """The status and JSON body for a POST /invocations of `body`, which arrived whole at
-        `arrived` (time.monotonic(); now if None); never raises."""
+        self,
+        content_type: str | None,
+        body: bytes,
+        arrived: float | None = None,
+        route: str = INVOCATIONS,
+        trace: bool = False,
+    ) -> tuple[int, bytes] | Stream:
+        """The status and JSON body for a POST of `body` to `route`, which arrived whole at
+        `arrived` (time.monotonic(); now if None), or the stream of events it asked for;
+        never raises. With `trace`, the id of the trace the model recorded is returned too
+        (`x-mlflow-return-trace-id`)."""
         try:
-            return 200, self._predictions(content_type, body, arrived or time.monotonic())
+            return self._answer(content_type, body, arrived or time.monotonic(), route, trace)
         except ScoringError as error:
             return error.status, self.error_body(error.status, error.message, error.__cause__)
         except Exception as error:
-            log.exception("unexpected error while answering /invocations")
+            log.exception("unexpected error while answering %s", route)
             return 500, self.error_body(500, "internal error", error)
 
     def error_body(self, status: int, message: str, cause: BaseException | None = None) -> bytes:
         return error_body(status, message, self.config, cause)
 
-    def _predictions(self, content_type: str | None, body: bytes, started: float) -> bytes:
+    def _answer(
+        self, content_type: str | None, body: bytes, started: float, route: str, trace: bool
+    ) -> tuple[int, bytes] | Stream:
         if not self.served.loaded:
             raise ModelLoading("the model is still loading; retry when /ping answers 200")
+        if route != INVOCATIONS:
+            unanswered = openai_compat.unanswered(self.served.kind, route)
+            if unanswered:
+                raise NotFound(unanswered)
         # The deadline counts from the request's arrival (the front end's time), so that the
         # wait for a thread and the decoding are inside it, not only the prediction.
         cost = decoded_size(content_type, body)
@@ -88,18 +115,25 @@ class Scorer:
             )
         try:
             with self.memory.reserve(cost, self.deadline.remaining(started)):
-                return self._predict(content_type, body, started)
+                return self._predict(content_type, body, started, route, trace)
         except TimeoutError:  # no room for a large input before the deadline
             raise self.deadline.exceeded() from None
 
-    def _predict(self, content_type: str | None, body: bytes, started: float) -> bytes:
+    def _predict(
+        self, content_type: str | None, body: bytes, started: float, route: str, trace: bool
+    ) -> tuple[int, bytes] | Stream:
         served = self.served
-        batching = self._batching()
+        batching = route == INVOCATIONS and self._batching()
+        events = openai_compat.events(served.kind, route, self.config.model_name)
         with self.batcher.arrival() as arrival:
             self.deadline.check(started)
-            model_input = decode_request(content_type, body, served.signature, rows=batching)
+            model_input = self._decode(content_type, body, route, batching)
             self.deadline.check(started)
+            if model_input.stream:
+                arrival.arrived()
+                return self._stream(model_input, started, events, trace)
             data = model_input.data
+            trace_id = None
             if batching and not model_input.params and self.batcher.accepts(data):
                 try:
                     predictions = self.batcher.predict(
@@ -110,13 +144,75 @@ class Scorer:
             else:
                 arrival.arrived()
                 data = as_frame(data)
+                # A context of its own: the trace the model records is this request's alone.
+                context = contextvars.Context()
                 predictions = self.deadline.run(
-                    lambda: predict(
-                        served.model, data, model_input.params, self.config.include_traceback
+                    lambda: context.run(
+                        predict,
+                        served.model,
+                        data,
+                        model_input.params,
+                        self.config.include_traceback,
                     ),
                     started,
                 )
-        return _encode(predictions, model_input)
+                if trace:
+                    trace_id = context.run(last_trace_id)
+        return 200, _encode(events.whole(predictions), model_input, trace_id)
+
+    def _decode(
+        self, content_type: str | None, body: bytes, route: str, batching: bool
+    ) -> ModelInput:
+        if route == INVOCATIONS:
+            model_input = decode_request(content_type, body, self.served.signature, rows=batching)
+        else:  # OpenAI's routes take JSON objects only
+            if parse_content_type(content_type or JSON) != JSON:
+                raise UnsupportedMediaType(f"{route} takes application/json")
+            try:
+                payload = json.loads(body)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise BadRequest(f"the body is not valid JSON: {str(exc)[:200]}") from None
+            payload = openai_compat.model_payload(self.served.kind, payload, self.served.signature)
+            model_input = decode_payload(payload, self.served.signature)
+        if model_input.stream and not self.streams:
+            raise NotImplementedHere(
+                "this server does not stream (the MLServer engine); build the image with "
+                "--engine mlimg (the default) to stream"
+            )
+        if model_input.stream and not self.served.streams:
+            raise BadRequest(
+                f'"stream": true, but this model (a {self.served.kind.name}) cannot stream: it '
+                "has no predict_stream; send the request without it"
+            )
+        return model_input
+
+    def _stream(self, model_input: ModelInput, started: float, events: Any, trace: bool) -> Stream:
+        """The stream of `model_input`'s chunks, once the first is there (before the deadline;
+        a failure meanwhile is answered as any other request's)."""
+        context = contextvars.Context()  # the stream's own, whichever thread advances it
+        future = self.deadline.submit(
+            lambda: context.run(
+                first_chunk, self.served.model, model_input.data, model_input.params
+            )
+        )
+        try:
+            chunks, first = future.result(timeout=self.deadline.remaining(started))
+        except concurrent.futures.TimeoutError:
+            # The chunk is still being computed: the generator closes once it is out.
+            future.add_done_callback(
+                lambda done: done.exception() or close_chunks(context, done.result()[0])
+            )
+            raise self.deadline.exceeded() from None
+        except Exception as exc:
+            raise sorted_failure(exc, self.config.include_traceback)  # noqa: B904 (cause set)
+        return Stream(
+            chunks,
+            context,
+            first,
+            events,
+            trace_id=last_trace_id if trace else None,
+            tracebacks=self.config.include_traceback,
+        )
 
     def _batching(self) -> bool:
         """Whether requests are batched: always, never, or (auto) for row-wise models."""
@@ -124,7 +220,21 @@ class Scorer:
         return batching == "on" or (batching == "auto" and self.served.row_wise)
 
 
-def _encode(predictions: Any, model_input: ModelInput) -> bytes:
+def last_trace_id() -> str | None:
+    """The id of the trace the model recorded in this context (None: it recorded none)."""
+    try:
+        import mlflow
+    except ImportError:
+        return None
+    getter = getattr(mlflow, "get_last_active_trace_id", None)
+    return getter(thread_local=True) if getter is not None else None
+
+
+def _encode(predictions: Any, model_input: ModelInput, trace_id: str | None = None) -> bytes:
+    if trace_id and model_input.unwrapped and isinstance(predictions, dict):
+        # Where AgentServer puts it: the answer's metadata.
+        metadata = predictions.get("metadata")
+        predictions = {**predictions, "metadata": {**(metadata or {}), "trace_id": trace_id}}
     try:
         return encode_predictions(predictions, unwrapped=model_input.unwrapped)
     except (TypeError, ValueError) as exc:
@@ -146,11 +256,14 @@ class _Deadline:
         self._lock = threading.Lock()
 
     def run(self, work: Any, started: float) -> Any:
-        future = self._executor().submit(work)
+        future = self.submit(work)
         try:
             return future.result(timeout=self.remaining(started))
         except concurrent.futures.TimeoutError:
             raise self.exceeded() from None
+
+    def submit(self, work: Any) -> concurrent.futures.Future:
+        return self._executor().submit(work)
 
     def check(self, started: float) -> None:
         """504 now if the request's time is already up."""

@@ -185,6 +185,7 @@ def front_limits(config: ServerConfig) -> Limits:
         request_timeout=float(config.timeout),
         read_timeout=float(config.read_timeout),
         idle_timeout=float(config.keepalive),
+        stream_timeout=float(config.stream_timeout),
     )
 
 

@@ -21,6 +21,7 @@ from gunicorn.workers.base import Worker
 from mlimg_runtime.front import Front, Limits
 
 _HEARTBEAT_SECONDS = 1.0
+_STREAM_CLOSE_SECONDS = 1.0  # at a stop, how long streams cut short have to close their bodies
 
 
 class EventLoopWorker(Worker):
@@ -89,6 +90,8 @@ class EventLoopWorker(Worker):
                 await asyncio.sleep(0.05)
         for connection in list(front.connections):
             connection.close()
+        if front.streams:  # streams cut at the deadline close their bodies (generators' finally)
+            await asyncio.wait(list(front.streams), timeout=_STREAM_CLOSE_SECONDS)
         await asyncio.sleep(0)  # let the transports flush and close
 
     def _access_log(self, environ: dict[str, Any], status: int, size: int, seconds: float) -> None:
