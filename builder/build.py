@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlimg import daemon, lock, wheelhouse
+from mlimg.engines import serving_engine
 from mlimg.errors import PushFailed
 from mlimg.model import load_local_model
 from mlimg.plan import BuildOptions, BuildPlan, plan_build
@@ -100,7 +101,15 @@ def build_and_tag(
     if settings.smoke_test:
         report("smoke test: starting a container")
         try:
-            smoke_test(client, built.id, plan.model.serving_example, report, settings.smoke_timeout)
+            smoke_test(
+                client,
+                built.id,
+                plan.model.serving_example,
+                report,
+                settings.smoke_timeout,
+                kind=plan.model.kind,
+                stream=plan.model.streams and serving_engine(plan.engine).streams,
+            )
         except BaseException:  # a failure or Ctrl-C: the untested image must not stay
             daemon.remove_image(client, built.id)
             report(

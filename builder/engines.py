@@ -41,6 +41,7 @@ class ServingEngine:
     # move (MLServer pins protobuf below the version mlflow-skinny brings on its own).
     resolved_with_model: bool = False
     v2_protocol: bool = False  # it answers the V2 (Open Inference) protocol beside MLflow's
+    streams: bool = False  # it streams predict_stream's chunks and answers OpenAI's routes
 
     @property
     def entrypoint(self) -> tuple[str, ...]:
@@ -87,6 +88,7 @@ MLIMG = ServingEngine(
     # The runtime's whole server and the MLflow loader (a second or so), so that a damaged
     # cache is found before reuse, not at start-up.
     import_check="import mlflow.pyfunc, mlimg_runtime.server, mlimg_runtime.batch",
+    streams=True,
 )
 MLSERVER = ServingEngine(
     name="mlserver",

@@ -20,6 +20,7 @@ from mlimg.requirements import (
     read_requirements_file,
 )
 from mlimg.uris import ResolvedModel
+from mlimg_runtime import contract
 
 PYFUNC_FLAVOR = "python_function"
 # A conda match spec as conda.yaml writes them ("numpy", "numpy>=1.2,<2", "python=3.11.*",
@@ -61,6 +62,16 @@ class LocalModel:
     @property
     def name(self) -> str:
         return self.path.name
+
+    @property
+    def kind(self) -> contract.ModelKind:
+        """A chat model, an agent (MLmodel's metadata.task), or any other pyfunc model."""
+        return contract.model_kind(self.metadata.get("metadata"))
+
+    @property
+    def streams(self) -> bool:
+        """Whether the model has predict_stream (its pyfunc flavor is streamable)."""
+        return contract.streams(self.metadata.get("flavors"))
 
     @property
     def display_name(self) -> str:

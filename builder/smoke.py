@@ -1,4 +1,5 @@
-"""The smoke test: run the image, wait for /ping, POST the model's own example to /invocations."""
+"""The smoke test: run the image, wait for /ping, POST the model's own example to /invocations,
+and, for a model that streams, ask for its stream too."""
 
 from __future__ import annotations
 
@@ -16,15 +17,18 @@ import docker
 from docker.errors import DockerException
 
 from mlimg.errors import SmokeTestFailed
+from mlimg_runtime import contract
 
 CONTAINER_PORT = "8080/tcp"
 _LOG_LINES = 100
+_ANSWER_SECONDS = 60  # how long the example's answer (or its stream, whole) may take
 
 
 @dataclass(frozen=True)
 class SmokeReport:
     ready_seconds: float
     predictions: Any  # None when the model carries no example and only /ping was checked
+    chunks: int | None = None  # of the example's stream, for a model that streams
 
 
 def smoke_test(
@@ -33,8 +37,15 @@ def smoke_test(
     example: Any,
     report: Callable[[str], None],
     timeout: float = 180.0,
+    kind: contract.ModelKind = contract.PYFUNC_KIND,
+    stream: bool = False,
 ) -> SmokeReport:
-    """Start `image` with its port on 127.0.0.1 only, check it serves, always remove it."""
+    """Start `image` with its port on 127.0.0.1 only, check it serves, always remove it.
+
+    The example's answer must have the shape the model's `kind` defines (`{"predictions":
+    ...}`, or a chat model's or an agent's own answer for a raw chat payload); with `stream`
+    (the model and the engine stream) the example is asked for as a stream too, which must
+    give at least one chunk and the end marker."""
     try:
         container = client.containers.run(
             image,
@@ -56,9 +67,22 @@ def smoke_test(
                 "input_example= to have /invocations checked too"
             )
             return SmokeReport(ready, None)
-        predictions = _invoke(base_url, example)
-        report(f"/invocations answered 200 with predictions: {_preview(predictions)}")
-        return SmokeReport(ready, predictions)
+        predictions = _invoke(base_url, example, kind)
+        what = (
+            "predictions" if not contract.answered_unwrapped(example) else f"a {kind.name}'s answer"
+        )
+        report(f"/invocations answered 200 with {what}: {_preview(predictions)}")
+        chunks = None
+        if stream and isinstance(example, dict):
+            asked = time.monotonic()
+            chunks = _stream(base_url, example)
+            report(
+                f"/invocations streamed {chunks} chunk(s) and {contract.STREAM_END} in "
+                f"{time.monotonic() - asked:.1f}s"
+            )
+        elif stream:
+            report("the model streams, but its example is not a JSON object: no stream was asked")
+        return SmokeReport(ready, predictions, chunks)
     except SmokeTestFailed as exc:
         log = _container_log(container)
         raise SmokeTestFailed(f"{load_failure(log) or exc}\n{_log_report(log)}") from None
@@ -97,28 +121,77 @@ def _wait_ready(container: Any, base_url: str, deadline: float) -> None:
     raise SmokeTestFailed("/ping did not answer 200 before the deadline")
 
 
-def _invoke(base_url: str, example: Any) -> Any:
+def _invoke(base_url: str, example: Any, kind: contract.ModelKind) -> Any:
+    """The example's answer: its predictions, or a raw chat payload's answer as it is."""
+    with _post(base_url, example) as response:
+        body = response.read()
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        raise SmokeTestFailed(f"/invocations answered 200 but not JSON: {body[:200]!r}") from None
+    if contract.answered_unwrapped(example):
+        key = kind.answer_key
+        if key is not None and (not isinstance(answer, dict) or key not in answer):
+            raise SmokeTestFailed(
+                f"/invocations answered 200 without {key!r}, which every answer of a "
+                f"{kind.name} holds: {body[:200]!r}"
+            )
+        return answer
+    if not isinstance(answer, dict) or "predictions" not in answer:
+        raise SmokeTestFailed(f"/invocations answered 200 without predictions: {body[:200]!r}")
+    return answer["predictions"]
+
+
+def _stream(base_url: str, example: dict[str, Any]) -> int:
+    """The example asked for as a stream: how many chunks came before the end marker."""
+    chunks = 0
+    with _post(base_url, {**example, contract.STREAM_KEY: True}) as response:
+        media = response.headers.get("Content-Type", "")
+        if not media.startswith("text/event-stream"):
+            raise SmokeTestFailed(
+                f'/invocations answered "stream": true with {media or "no Content-Type"}, '
+                "not text/event-stream"
+            )
+        for line in response:
+            if not line.startswith(b"data: "):
+                continue
+            data = line[len(b"data: ") :].strip()
+            if data == contract.STREAM_END.encode():
+                if chunks == 0:
+                    raise SmokeTestFailed("/invocations streamed no chunk before its end marker")
+                return chunks
+            try:
+                event = json.loads(data)
+            except ValueError:
+                raise SmokeTestFailed(
+                    f"/invocations streamed an event that is not JSON: {data[:200]!r}"
+                ) from None
+            if isinstance(event, dict) and set(event) == {"error"}:
+                detail = data[:500].decode("utf-8", errors="replace")
+                raise SmokeTestFailed(
+                    f"/invocations's stream failed after {chunks} chunk(s): {detail}"
+                )
+            chunks += 1
+    raise SmokeTestFailed(
+        f"/invocations's stream ended after {chunks} chunk(s) without {contract.STREAM_END}"
+    )
+
+
+def _post(base_url: str, payload: Any) -> Any:
+    """POST `payload` to /invocations: the open response, or SmokeTestFailed saying why not."""
     request = urllib.request.Request(
         f"{base_url}/invocations",
-        data=json.dumps(example).encode(),
+        data=json.dumps(payload).encode(),
         headers={"Content-Type": "application/json"},
         method="POST",
     )
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            body = response.read()
+        return urllib.request.urlopen(request, timeout=_ANSWER_SECONDS)
     except urllib.error.HTTPError as exc:
         detail = exc.read()[:500].decode("utf-8", errors="replace")
         raise SmokeTestFailed(f"/invocations answered {exc.code}: {detail}") from None
     except OSError as exc:
         raise SmokeTestFailed(f"/invocations did not answer: {exc}") from None
-    try:
-        answer = json.loads(body)
-    except ValueError:
-        raise SmokeTestFailed(f"/invocations answered 200 but not JSON: {body[:200]!r}") from None
-    if not isinstance(answer, dict) or "predictions" not in answer:
-        raise SmokeTestFailed(f"/invocations answered 200 without predictions: {body[:200]!r}")
-    return answer["predictions"]
 
 
 def _container_log(container: Any) -> str | None:
