@@ -67,3 +67,20 @@ def registry(tmp_path_factory: pytest.TempPathFactory):
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+@pytest.fixture(scope="session")
+def genai_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The chat model, the two agents and the streaming PythonModel (tests/genai_models.py)."""
+    from tests.genai_models import CODE, make_genai_model
+
+    root = tmp_path_factory.mktemp("genai")
+    return {name: make_genai_model(name, root / name) for name in CODE}
+
+
+@pytest.fixture(scope="session")
+def langchain_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The LangChain chain over a fake chat model (needs langchain, in the test extra)."""
+    from tests.genai_models import make_genai_model
+
+    return make_genai_model("langchain", tmp_path_factory.mktemp("genai") / "langchain")

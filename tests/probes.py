@@ -1,11 +1,62 @@
-"""Asking a running server whether it is ready, and for predictions, for every test that
-starts one."""
+"""Starting the runtime on loopback, asking a running server whether it is ready, and for
+predictions, for every test that starts one."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def runtime(
+    model: Path, wait: bool = True, log: Path | None = None, **settings: str
+) -> Iterator[int]:
+    """`python -m mlimg_runtime` serving `model` on 127.0.0.1 with two workers (and
+    `settings`), its output written to `log` (or dropped); its port, once /ping answers 200
+    (unless not `wait`). Stopped at the end, even on failure."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "MLIMG_MODEL_PATH": str(model),
+        "MLIMG_HOST": "127.0.0.1",
+        "PORT": str(port),
+        "MLIMG_WORKERS": "2",
+        **settings,
+    }
+    with contextlib.ExitStack() as stack:
+        output = stack.enter_context(open(log, "ab")) if log is not None else subprocess.DEVNULL
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mlimg_runtime"], env=env, stdout=output, stderr=output
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while wait and not answers_ping(f"http://127.0.0.1:{port}"):
+                assert process.poll() is None, "the server exited"
+                assert time.monotonic() < deadline, "the server never answered /ping"
+                time.sleep(0.1)
+            yield port
+        finally:
+            process.terminate()
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def answers_ping(base_url: str) -> bool:

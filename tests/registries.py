@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tracking import free_port
+from tests.probes import free_port
 
 
 @contextmanager

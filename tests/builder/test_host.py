@@ -19,8 +19,7 @@ import pytest
 from filelock import FileLock
 
 from tests.models import PYFUNC_MLMODEL, write_fake_model
-from tests.probes import answers_ping, post
-from tests.tracking import free_port
+from tests.probes import answers_ping, free_port, post
 
 
 @pytest.fixture(scope="module")
@@ -311,6 +310,28 @@ def test_serve_with_the_mlserver_engine(sklearn_model: Path, cache_dir: Path) ->
     assert "creating a uv environment with Python 3.11" in output
     assert "with mlserver on http://127.0.0.1:" in output
     assert "serving" in output and "with MLServer" in output
+
+
+def test_serve_streams_a_chat_model_to_the_openai_client(genai_models: dict, cache_dir: Path):
+    """`mlimg serve` is the image's server: a ChatModel streams to the openai client."""
+    import openai
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = start_serve(str(genai_models["chat_model"]), port, cache_dir, None)
+    try:
+        wait_ready(url, process)
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+        messages = [{"role": "user", "content": "hello host"}]
+        chunks = list(client.chat.completions.create(model="m", messages=messages, stream=True))
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks) == "echo: hello host"
+    assert process.returncode == 0, output
+    assert 'POST /v1/chat/completions HTTP/1.1" 200' in output
 
 
 def test_conda_without_a_conda_tool_is_named(sklearn_model: Path, tmp_path: Path) -> None:

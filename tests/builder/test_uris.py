@@ -13,7 +13,7 @@ import pytest
 from mlimg.errors import InvalidModel, ModelNotFound
 from mlimg.model import load_local_model
 from mlimg.uris import open_model, resolve_model_uri
-from tests.tracking import free_port
+from tests.probes import free_port
 
 
 def load(uri: str, tmp_path: Path):

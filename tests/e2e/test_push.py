@@ -17,8 +17,8 @@ from docker.errors import ImageNotFound
 
 from tests.e2e.conftest import build, post, remove_tag, run_mlimg, serving
 from tests.e2e.test_build import iris_frame
+from tests.probes import free_port
 from tests.registries import container_registry, docker_config
-from tests.tracking import free_port
 
 USER, PASSWORD = "mlimg", "s3cret-for-tests"
 

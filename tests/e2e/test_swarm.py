@@ -26,6 +26,7 @@ import yaml
 from tests.e2e.conftest import build, run_mlimg
 from tests.e2e.test_build import iris_frame, steps_from_cache
 from tests.models import make_sklearn_model
+from tests.probes import free_port
 from tests.protocol_models import make_protocol_model
 from tests.swarm import (
     build_load_balancer,
@@ -35,7 +36,6 @@ from tests.swarm import (
     swarm_mode,
     update_state,
 )
-from tests.tracking import free_port
 
 STACK, SERVICE = "mlimgtest", "iris"
 V2_TAG = "mlimg-test/iris-v2:e2e"

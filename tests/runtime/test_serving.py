@@ -3,60 +3,15 @@ deadlines. Each test starts its own server and stops it, even on failure."""
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.attacks import slow_and_silent
-from tests.probes import answers_ping
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def runtime(model: Path, wait: bool = True, **settings: str) -> Iterator[int]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "MLIMG_MODEL_PATH": str(model),
-        "MLIMG_HOST": "127.0.0.1",
-        "PORT": str(port),
-        "MLIMG_WORKERS": "2",
-        **settings,
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlimg_runtime"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while wait and not answers_ping(f"http://127.0.0.1:{port}"):
-            assert process.poll() is None, "the server exited"
-            assert time.monotonic() < deadline, "the server never answered /ping"
-            time.sleep(0.1)
-        yield port
-    finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+from tests.probes import runtime
 
 
 def poll_ping(port: int, keep_alive: bool, seconds: float = 60) -> tuple[list[int], list[str]]:

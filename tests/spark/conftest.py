@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tracking import free_port
+from tests.probes import free_port
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
