@@ -76,11 +76,14 @@ def test_the_smoke_test_checks_the_answer_and_the_stream(builds: dict, name: str
 
 
 @contextlib.contextmanager
-def mlflow_models_serve(model: Path) -> Iterator[str]:
-    """MLflow's own scoring server for `model`, in this Python (`--env-manager local`)."""
+def mlflow_models_serve(model: Path, workdir: Path) -> Iterator[str]:
+    """MLflow's own scoring server for `model`, in this Python (`--env-manager local`), in
+    `workdir`: with no tracking server named, the agents' traces go to a database it makes
+    in its working directory."""
     port = free_port()
     process = subprocess.Popen(
         [*MLFLOW_SERVE, "-m", str(model), "-p", str(port), "-h", "127.0.0.1"],
+        cwd=workdir,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -99,12 +102,12 @@ def mlflow_models_serve(model: Path) -> Iterator[str]:
 
 @pytest.mark.parametrize("name", GENAI_MODELS)
 def test_whole_answers_equal_mlflows_server_and_pyfunc(
-    docker_client, builds: dict, models: dict, loaded: dict, name: str
+    docker_client, builds: dict, models: dict, loaded: dict, name: str, tmp_path: Path
 ) -> None:
     payload = example_payload(models, name)
     with serving(docker_client, tag_of(name)) as url:
         ours = httpx.post(url + "/invocations", json=payload, timeout=TIMEOUT).json()
-    with mlflow_models_serve(models[name]) as url:
+    with mlflow_models_serve(models[name], tmp_path) as url:
         theirs = httpx.post(url + "/invocations", json=payload, timeout=TIMEOUT).json()
     expected = loaded[name].predict(host_input(payload))
     assert without(ours, "created") == without(theirs, "created")
