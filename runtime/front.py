@@ -361,13 +361,17 @@ class Connection(asyncio.Protocol):
         self, future: Any, late: asyncio.TimerHandle, environ: dict, keep_alive: bool
     ) -> None:
         late.cancel()
-        if future.cancelled() or environ.get("mlimg.answered"):
+        if future.cancelled():
             return
         try:
             status, headers, body = future.result()
         except Exception as exc:  # call_wsgi catches the application's; this is ours
             log.error("the front end failed on a request: %r", exc)
             status, headers, body = error_answer(500, "internal error")
+        if environ.get("mlimg.answered"):  # answered 504 meanwhile: a stream made late goes
+            if not isinstance(body, bytes):
+                self._close_body(body, None)
+            return
         self._respond(environ, status, headers, body, keep_alive)
 
     def _late(self, future: Any, environ: dict, keep_alive: bool) -> None:
@@ -421,11 +425,10 @@ class Connection(asyncio.Protocol):
         pending: asyncio.Future | None = None  # a next() of the body that is running
         chunks = iter(body)
         try:
-            if self.transport is None:
-                return
-            self.transport.set_write_buffer_limits(high=_STREAM_BUFFER)
-            self.transport.write(_stream_head(status, headers, chunked, keep_alive))
-            self.transport.resume_reading()  # to see the client leave
+            if self.transport is not None:
+                self.transport.set_write_buffer_limits(high=_STREAM_BUFFER)
+                self.transport.write(_stream_head(status, headers, chunked, keep_alive))
+                self.transport.resume_reading()  # to see the client leave
             while self.transport is not None:
                 if not self.writable.is_set():
                     try:
@@ -480,7 +483,7 @@ class Connection(asyncio.Protocol):
         if close is None:
             return
         if pending is not None and not pending.done():
-            pending.add_done_callback(lambda _: self._close_body(body, None))
+            pending.add_done_callback(lambda done: _forget(done) or self._close_body(body, None))
             return
         try:
             self.front.loop.run_in_executor(self.front.pool, close)
@@ -638,6 +641,12 @@ def call_wsgi(app: Callable[..., Any], environ: dict[str, Any]) -> tuple[int, li
         return error_answer(500, "internal error")
     status, headers = answer
     return status, headers, body
+
+
+def _forget(future: asyncio.Future) -> None:
+    """Take a future's outcome that nobody waits for any more (asyncio would log it)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _streamed(answer: list[Any], chunks: Any) -> bool:

@@ -135,10 +135,12 @@ class Stream:
         return event
 
     def timed_out(self, seconds: float) -> bytes:
-        """The event that ends a stream whose model gave no chunk for `seconds`."""
+        """The event that ends a stream whose model gave no chunk for `seconds` (asked by the
+        server while a `next()` still runs: nothing of the stream's state is touched but
+        `_finished`, which stops it)."""
         log.error("a stream's model gave no chunk for %ss; the stream ends", seconds)
-        self._pending.clear()
-        return self.fail(
+        self._finished = True
+        return error_frame(
             RequestTimeout(
                 f"the model gave no chunk for {seconds:g}s (MLIMG_STREAM_TIMEOUT); "
                 "the stream ends here"

@@ -298,3 +298,30 @@ def test_any_json_payload_decodes_or_is_refused(payload) -> None:
 @given(st.binary(max_size=200), st.sampled_from([*MEDIA_TYPES, None, "text/plain"]))
 def test_any_bytes_decode_or_are_refused(body: bytes, content_type) -> None:
     assert_decodes_or_refuses(content_type, body)
+
+
+@pytest.mark.parametrize("flag", [True, False, None])
+def test_stream_is_taken_out_of_the_payload_before_decoding(flag) -> None:
+    body = {"dataframe_split": {"columns": ["a"], "data": [[1]]}, "stream": flag}
+    decoded = decode_request("application/json", json.dumps(body).encode())
+    assert decoded.stream is bool(flag)
+    pd.testing.assert_frame_equal(decoded.data, pd.DataFrame({"a": [1]}))
+    chat = {"messages": [{"role": "user", "content": "hi"}], "stream": flag}
+    decoded = decode_request("application/json", json.dumps(chat).encode())
+    assert decoded.unwrapped and decoded.stream is bool(flag)
+    assert decoded.data == {"messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_a_stream_takes_inputs_as_they_are() -> None:
+    """predict_stream takes one input as the host would give it: a string, a dict."""
+    for value in ("some words", {"question": "why?"}):
+        body = json.dumps({"inputs": value, "params": {"k": 1}, "stream": True}).encode()
+        decoded = decode_request("application/json", body)
+        assert (decoded.data, decoded.params, decoded.stream) == (value, {"k": 1}, True)
+
+
+@pytest.mark.parametrize("flag", ["yes", 1, [True]])
+def test_stream_must_be_a_boolean(flag) -> None:
+    body = json.dumps({"inputs": "x", "stream": flag}).encode()
+    with pytest.raises(BadRequest, match="'stream' must be true or false"):
+        decode_request("application/json", body)

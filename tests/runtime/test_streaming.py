@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import dataclasses
 import itertools
 import json
 import os
@@ -27,11 +29,118 @@ import httpx
 import openai
 import pytest
 
+from mlimg_runtime import openai_compat
+from mlimg_runtime.streaming import Stream, first_chunk
 from tests.attacks import slow_and_silent
 from tests.genai_models import EXAMPLES, without
 from tests.probes import answers_ping, free_port, runtime
 
 TIMEOUT = httpx.Timeout(30.0)
+
+
+# The stream's events without a server.
+
+
+@dataclasses.dataclass
+class Delta:
+    text: str
+
+
+def stream_of(chunks, events: openai_compat.Events = openai_compat.AS_THE_MODEL_ANSWERS, **kw):
+    context = contextvars.Context()
+    iterator, first = context.run(first_chunk, _Model(chunks), "x", {})
+    return Stream(iterator, context, first, events, **kw)
+
+
+class _Model:
+    def __init__(self, chunks) -> None:
+        self.chunks = chunks
+
+    def predict_stream(self, data, params=None):
+        return self.chunks()
+
+
+def test_events_are_the_chunks_as_json_then_done() -> None:
+    def chunks():
+        yield {"a": 1}
+        yield Delta("dataclass")
+        yield "text"
+
+    frames = list(stream_of(chunks))
+    assert frames == [
+        b'data: {"a": 1}\n\n',
+        b'data: {"text": "dataclass"}\n\n',
+        b'data: "text"\n\n',
+        b"data: [DONE]\n\n",
+    ]
+
+
+def test_a_model_that_yields_nothing_streams_its_end_alone() -> None:
+    assert list(stream_of(lambda: iter(()))) == [b"data: [DONE]\n\n"]
+
+
+def test_a_failure_after_the_first_chunk_is_the_last_event() -> None:
+    closed = []
+
+    def chunks():
+        try:
+            yield {"n": 1}
+            raise KeyError("boom")
+        finally:
+            closed.append(True)
+
+    frames = list(stream_of(chunks))
+    assert frames[0] == b'data: {"n": 1}\n\n' and len(frames) == 2
+    error = json.loads(frames[1][len(b"data: ") :])
+    assert error == {
+        "error": {"error_code": "INTERNAL_ERROR", "message": "the model raised KeyError: 'boom'"}
+    }
+    assert closed == [True]
+
+
+def test_a_chunk_with_no_json_form_ends_the_stream_with_an_error() -> None:
+    def chunks():
+        yield {"n": 1}
+        yield object()
+
+    frames = list(stream_of(chunks))
+    assert len(frames) == 2 and b"cannot be encoded as JSON" in frames[1]
+
+
+def test_closing_runs_the_generators_finally_in_its_context() -> None:
+    marker = contextvars.ContextVar("marker", default="unset")
+    seen = []
+
+    def chunks():
+        marker.set("the stream's")
+        try:
+            while True:
+                yield {"n": 1}
+        finally:
+            seen.append(marker.get())
+
+    stream = stream_of(chunks)
+    assert next(stream) == b'data: {"n": 1}\n\n'
+    stream.close()
+    stream.close()  # once is enough
+    assert seen == ["the stream's"] and marker.get() == "unset"
+
+
+def test_a_timed_out_stream_ends_with_a_deadline_event() -> None:
+    stream = stream_of(lambda: iter([{"n": 1}, {"n": 2}]))
+    assert next(stream) == b'data: {"n": 1}\n\n'
+    event = json.loads(stream.timed_out(2.0)[len(b"data: ") :])
+    assert event["error"]["error_code"] == "DEADLINE_EXCEEDED"
+    assert "2s (MLIMG_STREAM_TIMEOUT)" in event["error"]["message"]
+    assert list(stream) == []
+
+
+def test_the_trace_id_is_an_event_before_done() -> None:
+    stream = stream_of(lambda: iter([{"n": 1}]), trace_id=lambda: "tr-123")
+    assert list(stream)[-2:] == [b'data: {"trace_id": "tr-123"}\n\n', b"data: [DONE]\n\n"]
+
+
+# The runtime as a process.
 
 
 @dataclass(frozen=True)
