@@ -200,11 +200,16 @@ def ratio_row(key: str, summary: dict[str, dict[str, float]]) -> tuple[float | N
     if not theirs or ours is None:
         return None, "n/a"
     ratio = ours / theirs
+    return ratio, verdict(ratio, better, target)
+
+
+def verdict(ratio: float, better: str, target: float | None) -> str:
+    """Whether `ratio` meets its `target` ("" when there is none), `better` "higher" or not."""
     if target is None:
-        return ratio, ""
+        return ""
     met = ratio >= target if better == "higher" else ratio <= target
     sign = "≥" if better == "higher" else "≤"
-    return ratio, f"{sign} {target:g}x: {'met' if met else 'MISSED'}"
+    return f"{sign} {target:g}x: {'met' if met else 'MISSED'}"
 
 
 def markdown_table(summary: dict[str, dict[str, float]], rounds: int, note: str) -> str:

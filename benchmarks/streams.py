@@ -31,7 +31,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 import urllib.request
@@ -41,7 +40,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from compare import replace_section  # noqa: E402 (the benchmark beside this one)
+from compare import _fmt, replace_section, verdict  # noqa: E402 (the benchmark beside this one)
 
 SIDES = ("agentserver", "mlimg")
 LABELS = {"agentserver": "MLflow AgentServer", "mlimg": "mlimg"}
@@ -85,7 +84,7 @@ import mlflow
 from mlflow.genai.agent_server import AgentServer, invoke, stream
 
 mlflow.tracing.disable()  # as mlimg with no tracking server named
-agent = mlflow.pyfunc.load_model("/opt/ml/model")
+agent = mlflow.pyfunc.load_model(MODEL_PATH)
 
 
 @invoke()
@@ -100,6 +99,13 @@ def chunks(request):
 
 app = AgentServer("ResponsesAgent").app
 """
+
+
+def agent_server_code(model_path: str) -> str:
+    """A module serving the logged agent at `model_path` with AgentServer (as `app`): its
+    @invoke and @stream the agent's own predict and predict_stream (tests/runtime use it too)."""
+    return f"MODEL_PATH = {model_path!r}\n" + AGENT_SERVER_CODE
+
 
 # (key, label, unit, better, target ratio mlimg/AgentServer or None)
 METRICS = (
@@ -310,7 +316,7 @@ def build_images(client, work: Path, ca_cert: str) -> dict[str, str]:
         raise BenchmarkFailed(f"mlimg build failed:\n{result.stderr[-3000:]}")
     context = work / "agentserver"
     context.mkdir()
-    (context / "agent_server.py").write_text(textwrap.dedent(AGENT_SERVER_CODE))
+    (context / "agent_server.py").write_text(agent_server_code("/opt/ml/model"))
     shutil.copyfile(ca_cert, context / "ca.crt")
     workers = os.cpu_count() or 1
     # AgentServer imports httpx, which mlflow-skinny does not bring: installed beside it from
@@ -352,17 +358,12 @@ def markdown_table(summary: dict[str, dict[str, float]], rounds: int, workers: i
     ]
     for key, label, unit, better, target in METRICS:
         theirs, ours = summary["agentserver"].get(key), summary["mlimg"].get(key)
-        if theirs is None or ours is None:
+        if not theirs or ours is None:
             continue
-        ratio = ours / theirs if theirs else float("nan")
-        verdict = ""
-        if target is not None:
-            met = ratio >= target if better == "higher" else ratio <= target
-            verdict = f"{'≥' if better == 'higher' else '≤'} {target:g}x: " + (
-                "met" if met else "MISSED"
-            )
+        ratio = ours / theirs
         lines.append(
-            f"| {label} | {theirs:,.1f} {unit} | {ours:,.1f} {unit} | {ratio:.2f}x | {verdict} |"
+            f"| {label} | {_fmt(theirs)} {unit} | {_fmt(ours)} {unit} | {ratio:.2f}x "
+            f"| {verdict(ratio, better, target)} |"
         )
     return "\n".join(lines) + "\n"
 

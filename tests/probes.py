@@ -38,18 +38,35 @@ def runtime(
         "MLIMG_WORKERS": "2",
         **settings,
     }
+    command = [sys.executable, "-m", "mlimg_runtime"]
+    with answering(command, port, env=env, log=log, wait=wait):
+        yield port
+
+
+@contextlib.contextmanager
+def answering(
+    command: list[str],
+    port: int,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    log: Path | None = None,
+    wait: bool = True,
+    timeout: float = 60,
+    ready: str = "/ping",
+) -> Iterator[subprocess.Popen]:
+    """A server started by `command`, once GET `ready` answers 200 on `port` of 127.0.0.1
+    (unless not `wait`; `timeout` seconds at most), its output appended to `log` (or
+    dropped). Stopped at the end (SIGTERM, then SIGKILL), even on failure."""
     with contextlib.ExitStack() as stack:
         output = stack.enter_context(open(log, "ab")) if log is not None else subprocess.DEVNULL
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mlimg_runtime"], env=env, stdout=output, stderr=output
-        )
+        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=output, stderr=output)
         try:
-            deadline = time.monotonic() + 60
-            while wait and not answers_ping(f"http://127.0.0.1:{port}"):
-                assert process.poll() is None, "the server exited"
-                assert time.monotonic() < deadline, "the server never answered /ping"
+            deadline = time.monotonic() + timeout
+            while wait and not answers_ping(f"http://127.0.0.1:{port}", ready):
+                assert process.poll() is None, f"{command[:4]} exited"
+                assert time.monotonic() < deadline, f"{command[:4]} never answered {ready}"
                 time.sleep(0.1)
-            yield port
+            yield process
         finally:
             process.terminate()
             try:
@@ -59,10 +76,11 @@ def runtime(
                 process.wait()
 
 
-def answers_ping(base_url: str) -> bool:
-    """True when GET /ping answers 200; False while it answers otherwise or not at all."""
+def answers_ping(base_url: str, path: str = "/ping") -> bool:
+    """True when GET /ping (or `path`) answers 200; False while it answers otherwise or not
+    at all."""
     try:
-        with urllib.request.urlopen(f"{base_url}/ping", timeout=2) as response:
+        with urllib.request.urlopen(f"{base_url}{path}", timeout=2) as response:
             return response.status == 200
     except OSError:
         return False

@@ -22,7 +22,7 @@ import pytest
 
 from tests.e2e.conftest import build, serving
 from tests.genai_models import EXAMPLES, GENAI_MODELS, without
-from tests.probes import answers_ping, free_port
+from tests.probes import answering, answers_ping, free_port
 
 TIMEOUT = httpx.Timeout(60.0)
 MLFLOW_SERVE = (sys.executable, "-m", "mlflow", "models", "serve", "--env-manager", "local")
@@ -81,23 +81,9 @@ def mlflow_models_serve(model: Path, workdir: Path) -> Iterator[str]:
     `workdir`: with no tracking server named, the agents' traces go to a database it makes
     in its working directory."""
     port = free_port()
-    process = subprocess.Popen(
-        [*MLFLOW_SERVE, "-m", str(model), "-p", str(port), "-h", "127.0.0.1"],
-        cwd=workdir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while not answers_ping(url):
-            assert process.poll() is None, "mlflow models serve exited"
-            assert time.monotonic() < deadline, "mlflow models serve never answered /ping"
-            time.sleep(0.25)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(30)
+    command = [*MLFLOW_SERVE, "-m", str(model), "-p", str(port), "-h", "127.0.0.1"]
+    with answering(command, port, cwd=workdir, timeout=120):
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.mark.parametrize("name", GENAI_MODELS)

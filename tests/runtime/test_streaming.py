@@ -9,15 +9,14 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import importlib.util
 import itertools
 import json
 import os
 import re
 import signal
 import socket
-import subprocess
 import sys
-import textwrap
 import threading
 import time
 import warnings
@@ -33,9 +32,10 @@ from mlimg_runtime import openai_compat
 from mlimg_runtime.streaming import Stream, first_chunk
 from tests.attacks import slow_and_silent
 from tests.genai_models import EXAMPLES, without
-from tests.probes import answers_ping, free_port, runtime
+from tests.probes import answering, answers_ping, free_port, runtime
 
 TIMEOUT = httpx.Timeout(30.0)
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 # The stream's events without a server.
@@ -256,50 +256,21 @@ def raw_stream(url: str, payload: dict) -> bytes:
 
 @contextlib.contextmanager
 def agent_server(model: Path, root: Path) -> Iterator[str]:
-    """MLflow's AgentServer on 127.0.0.1, its @invoke and @stream the logged agent's own."""
+    """MLflow's AgentServer on 127.0.0.1, its @invoke and @stream the logged agent's own (the
+    module the benchmark serves it with, benchmarks/streams.py)."""
+    spec = importlib.util.spec_from_file_location("streams", BENCHMARKS / "streams.py")
+    streams = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("streams", streams)  # dataclasses look their module up there
+    spec.loader.exec_module(streams)
+    port = free_port()
     script = root / "agent_server.py"
     script.write_text(
-        textwrap.dedent(
-            f"""
-            import mlflow
-            import uvicorn
-            from mlflow.genai.agent_server import AgentServer, invoke, stream
-
-            mlflow.tracing.disable()  # the comparison is of the framing; no traces kept
-            agent = mlflow.pyfunc.load_model({str(model)!r})
-
-            @invoke()
-            def answer(request):
-                return agent.predict(request.model_dump(exclude_none=True))
-
-            @stream()
-            def chunks(request):
-                yield from agent.predict_stream(request.model_dump(exclude_none=True))
-
-            server = AgentServer("ResponsesAgent")
-            uvicorn.run(server.app, host="127.0.0.1", port=int(__import__("sys").argv[1]))
-            """
-        )
+        streams.agent_server_code(str(model))
+        + f"\nimport uvicorn\nuvicorn.run(app, host='127.0.0.1', port={port})\n"
     )
-    port = free_port()
-    log = open(root / "agent_server.log", "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(
-        [sys.executable, str(script), str(port)], cwd=root, stdout=log, stderr=log
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            assert process.poll() is None, (root / "agent_server.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "AgentServer never answered /health"
-            time.sleep(0.2)
+    command = [sys.executable, str(script)]
+    with answering(command, port, cwd=root, log=root / "agent_server.log", ready="/health"):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(15)
-        log.close()
 
 
 def test_chunks_arrive_as_the_model_yields_them(servers: dict) -> None:
