@@ -965,18 +965,25 @@ def main() -> int:
     table += supply_table(summary)
     table += engines_table(summary)
     table += baseline_table(summary, args.baseline_runtime or "")
-    (out / "latest.md").write_text(table)
-    (out / "latest.json").write_text(json.dumps({"rounds": rounds, "median": summary}, indent=2))
     chart(summary, out / "latest.png")
-    print(table)
-    if args.update_readme:
-        readme = REPO / "README.md"
-        readme.write_text(
-            replace_section(
-                readme.read_text(), table, "<!-- benchmark:begin -->", "<!-- benchmark:end -->"
-            )
-        )
+    publish(out / "latest", table, rounds, summary, "benchmark" if args.update_readme else None)
     return 0
+
+
+def publish(
+    stem: Path, table: str, rounds: list, summary: dict, section: str | None = None
+) -> None:
+    """The report as STEM.md, the figures as STEM.json, the table printed; with `section`, also
+    the README's part between `<!-- SECTION:begin -->` and `<!-- SECTION:end -->`."""
+    stem.with_suffix(".md").write_text(table)
+    stem.with_suffix(".json").write_text(
+        json.dumps({"rounds": rounds, "median": summary}, indent=2)
+    )
+    print(table)
+    if section is not None:
+        readme = REPO / "README.md"
+        begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
+        readme.write_text(replace_section(readme.read_text(), table, begin, end))
 
 
 def remove_containers() -> None:

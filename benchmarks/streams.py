@@ -40,7 +40,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from compare import _fmt, replace_section, verdict  # noqa: E402 (the benchmark beside this one)
+from compare import _fmt, publish, verdict  # noqa: E402 (the benchmark beside this one)
 
 SIDES = ("agentserver", "mlimg")
 LABELS = {"agentserver": "MLflow AgentServer", "mlimg": "mlimg"}
@@ -405,16 +405,7 @@ def main() -> int:
         return 1
     summary = summarize(rounds)
     table = markdown_table(summary, len(rounds), os.cpu_count() or 1)
-    (out / "streams.md").write_text(table)
-    (out / "streams.json").write_text(json.dumps({"rounds": rounds, "median": summary}, indent=2))
-    print(table)
-    if args.update_readme:
-        readme = REPO / "README.md"
-        readme.write_text(
-            replace_section(
-                readme.read_text(), table, "<!-- streams:begin -->", "<!-- streams:end -->"
-            )
-        )
+    publish(out / "streams", table, rounds, summary, "streams" if args.update_readme else None)
     return 0
 
 

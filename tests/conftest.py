@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.models import EXAMPLE_MODEL, make_pyfunc_model, make_sklearn_model
+from tests.models import EXAMPLE_MODEL, load_models, make_pyfunc_model, make_sklearn_model
 
 
 @pytest.fixture(scope="session")
@@ -48,11 +48,7 @@ def protocol_models(tmp_path_factory: pytest.TempPathFactory, sklearn_model: Pat
 @pytest.fixture(scope="session")
 def loaded_models(protocol_models: dict) -> dict:
     """The conformance models loaded with mlflow.pyfunc, once."""
-    import mlflow.pyfunc
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return {name: mlflow.pyfunc.load_model(str(path)) for name, path in protocol_models.items()}
+    return load_models(protocol_models)
 
 
 @pytest.fixture(scope="session")

@@ -86,6 +86,17 @@ def make_pyfunc_model(dest: Path) -> Path:
     return dest
 
 
+def load_models(paths: dict[str, Path]) -> dict:
+    """Each model of `paths` loaded with mlflow.pyfunc, by the same name."""
+    import warnings
+
+    import mlflow.pyfunc
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {name: mlflow.pyfunc.load_model(str(path)) for name, path in paths.items()}
+
+
 def write_fake_model(
     dest: Path, mlmodel: str, requirements: str | None = None, **files: str
 ) -> Path:

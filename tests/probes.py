@@ -63,8 +63,9 @@ def answering(
         try:
             deadline = time.monotonic() + timeout
             while wait and not answers_ping(f"http://127.0.0.1:{port}", ready):
-                assert process.poll() is None, f"{command[:4]} exited"
-                assert time.monotonic() < deadline, f"{command[:4]} never answered {ready}"
+                tail = log.read_text(errors="replace")[-3000:] if log is not None else ""
+                assert process.poll() is None, f"{command[:4]} exited: {tail}"
+                assert time.monotonic() < deadline, f"{command[:4]} never answered {ready}: {tail}"
                 time.sleep(0.1)
             yield process
         finally:

@@ -12,7 +12,6 @@ import re
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pytest
 
 from tests.e2e.conftest import build, serving
 from tests.genai_models import EXAMPLES, GENAI_MODELS, without
+from tests.models import load_models
 from tests.probes import answering, answers_ping, free_port
 
 TIMEOUT = httpx.Timeout(60.0)
@@ -50,11 +50,7 @@ def builds(docker_client, models: dict, ca_cert: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def loaded(models: dict) -> dict:
-    import mlflow.pyfunc
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return {name: mlflow.pyfunc.load_model(str(path)) for name, path in models.items()}
+    return load_models(models)
 
 
 def example_payload(models: dict, name: str) -> dict:

@@ -19,7 +19,6 @@ import socket
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from mlimg_runtime import openai_compat
 from mlimg_runtime.streaming import Stream, first_chunk
 from tests.attacks import slow_and_silent
 from tests.genai_models import EXAMPLES, without
+from tests.models import load_models
 from tests.probes import answering, answers_ping, free_port, runtime
 
 TIMEOUT = httpx.Timeout(30.0)
@@ -187,11 +187,7 @@ def servers(genai_models: dict, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 @pytest.fixture(scope="module")
 def loaded(genai_models: dict) -> dict:
-    import mlflow.pyfunc
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return {name: mlflow.pyfunc.load_model(str(path)) for name, path in genai_models.items()}
+    return load_models(genai_models)
 
 
 def events(url: str, payload: dict, path: str = "/invocations") -> list[str]:
